@@ -1,0 +1,199 @@
+"""The node<->gateway wire format, defined once. Runs unchanged on MicroPython and CPython.
+
+A message is a JSON object of ints, ASCII strings, bools, None, lists and objects (no floats: their
+text differs between interpreters, so values use integer units such as `power_w`, `irms_ma`).
+Its tag is HMAC-SHA256, keyed with the node's 32-byte secret, over the message's canonical bytes:
+sorted keys, no spaces. The tag travels as the `mac` field, which is not part of the canonical bytes,
+so a receiver re-derives them from the parsed object and need not trust the sender's layout.
+docs/PROTOCOL.md lists the topics and every message type's fields.
+"""
+import hashlib
+import json
+from binascii import hexlify, unhexlify
+
+VERSION = 1
+TOPIC_ROOT = "gh"
+MAX_PAYLOAD_BYTES = 4096
+
+# Node -> gateway: telemetry, health, status (retained birth / last will), relay command results,
+# events. Gateway -> node: acknowledgements of stored messages, relay commands.
+UP_KINDS = ("tele", "health", "status", "reply", "evt")
+DOWN_KINDS = ("ack", "cmd")
+
+# Fields every message has, and the type each one must have.
+_COMMON = (("v", int), ("t", str), ("node", str))
+# Node-originated messages also carry their origin and order: boot id, sequence, timestamp.
+_ORIGIN = (("boot", int), ("seq", int), ("ts_ms", int), ("synced", bool))
+_SCHEMA = {
+    "tele": _ORIGIN + (("ch", list), ("relays", list)),
+    "health": _ORIGIN + (("heap_free_b", int), ("uptime_s", int), ("reset_cause", str),
+                         ("buf_depth", int), ("buf_dropped", int), ("fw", str), ("safe_mode", bool)),
+    "status": (("boot", int), ("online", bool)),
+    "reply": _ORIGIN + (("cid", int), ("ok", bool), ("relay", int), ("state", str)),
+    "evt": _ORIGIN + (("kind", str),),
+    "ack": (("boot", int), ("acks", list)),
+    "cmd": (("boot", int), ("cid", int), ("relay", int), ("action", str)),
+}
+# Messages that go into the node's flash buffer and need the gateway's acknowledgement.
+ACKED_KINDS = ("tele", "health", "reply", "evt")
+
+
+class WireError(ValueError):
+    """A payload that is not a valid message. `reason` is a short code the gateway counts by."""
+
+    def __init__(self, reason, detail=""):
+        super().__init__(reason + (": " + detail if detail else ""))
+        self.reason = reason
+
+
+def topic(node_id, kind):
+    return "%s/%s/%s" % (TOPIC_ROOT, node_id, kind)
+
+
+def parse_topic(name):
+    """'gh/<node>/<kind>' -> (node, kind), or None for any other topic."""
+    parts = name.split("/")
+    if len(parts) != 3 or parts[0] != TOPIC_ROOT or not parts[1]:
+        return None
+    return parts[1], parts[2]
+
+
+# --- canonical bytes ---------------------------------------------------------------------------
+
+def _canon_str(s, out):
+    for ch in s:
+        o = ord(ch)
+        if o < 0x20 or o > 0x7E:
+            raise WireError("bad_string", "only printable ASCII is allowed")
+    out.append('"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"')
+
+
+def _canon(obj, out):
+    # bool before int: True is an int in Python.
+    if obj is True:
+        out.append("true")
+    elif obj is False:
+        out.append("false")
+    elif obj is None:
+        out.append("null")
+    elif isinstance(obj, int):
+        out.append(str(obj))
+    elif isinstance(obj, str):
+        _canon_str(obj, out)
+    elif isinstance(obj, (list, tuple)):
+        out.append("[")
+        for i, item in enumerate(obj):
+            if i:
+                out.append(",")
+            _canon(item, out)
+        out.append("]")
+    elif isinstance(obj, dict):
+        out.append("{")
+        for i, key in enumerate(sorted(obj)):
+            if not isinstance(key, str):
+                raise WireError("bad_key", "object keys must be strings")
+            if i:
+                out.append(",")
+            _canon_str(key, out)
+            out.append(":")
+            _canon(obj[key], out)
+        out.append("}")
+    else:
+        raise WireError("bad_type", "%s values are not allowed (use integer units)" % type(obj).__name__)
+
+
+def canonical(obj):
+    """The canonical bytes of a message (without its `mac`)."""
+    out = []
+    _canon(obj, out)
+    return "".join(out).encode()
+
+
+# --- HMAC-SHA256 (RFC 2104); MicroPython has hashlib.sha256 but no hmac module ---------------
+
+_BLOCK = 64
+
+
+def hmac_sha256(key, data):
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key + bytes(_BLOCK - len(key))
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    inner.update(data)
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def _same(a, b):
+    # Constant-time comparison so a forger learns nothing from timing.
+    if len(a) != len(b):
+        return False
+    diff = 0
+    for x, y in zip(a, b):
+        diff |= x ^ y
+    return diff == 0
+
+
+# --- encode / decode -----------------------------------------------------------------------------
+
+def encode(msg, secret):
+    """Tagged payload bytes for `msg` (a dict without `mac`)."""
+    body = canonical(msg)
+    tag = hexlify(hmac_sha256(secret, body))
+    return body[:-1] + b',"mac":"' + tag + b'"}'
+
+
+def check_schema(msg):
+    """Raise WireError unless `msg` has the common fields and its type's fields with the right types."""
+    if not isinstance(msg, dict):
+        raise WireError("not_object")
+    for name, kind in _COMMON:
+        _check_field(msg, name, kind)
+    if msg["v"] != VERSION:
+        raise WireError("bad_version", "got %r, this build speaks %d" % (msg["v"], VERSION))
+    fields = _SCHEMA.get(msg["t"])
+    if fields is None:
+        raise WireError("bad_kind", repr(msg["t"]))
+    for name, kind in fields:
+        _check_field(msg, name, kind)
+    if "seq" in msg and msg["seq"] < 0:
+        raise WireError("bad_field", "seq must be >= 0")
+
+
+def _check_field(msg, name, kind):
+    if name not in msg:
+        raise WireError("missing_field", name)
+    value = msg[name]
+    # bool is a subclass of int: an int field must not accept true/false.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise WireError("bad_field", "%s must be %s" % (name, kind.__name__))
+
+
+def decode(payload, secret_for):
+    """Parse and verify a payload. `secret_for(node_id)` returns that node's secret or None.
+
+    Returns the message dict without `mac`; raises WireError with a countable reason.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise WireError("too_large", "%d bytes" % len(payload))
+    try:
+        msg = json.loads(payload)
+    except (ValueError, UnicodeError):
+        raise WireError("not_json")
+    if not isinstance(msg, dict):
+        raise WireError("not_object")
+    tag = msg.pop("mac", None)
+    if not isinstance(tag, str) or len(tag) != 64:
+        raise WireError("missing_mac")
+    check_schema(msg)
+    secret = secret_for(msg["node"])
+    if secret is None:
+        raise WireError("unknown_node", msg["node"])
+    try:
+        expected = unhexlify(tag)
+    except ValueError:
+        raise WireError("bad_mac", "not hex")
+    if not _same(hmac_sha256(secret, canonical(msg)), expected):
+        raise WireError("bad_mac")
+    return msg

@@ -1,0 +1,1 @@
+"""gridhive package."""

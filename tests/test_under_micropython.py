@@ -1,0 +1,19 @@
+"""The device test modules in tests/device/ run unchanged under real MicroPython (WebAssembly port).
+
+pytest also collects the same modules on CPython, so every device test runs on both interpreters.
+"""
+import pytest
+
+from conftest import DEVICE_TESTS_DIR
+
+DEVICE_TEST_MODULES = sorted(p.stem for p in DEVICE_TESTS_DIR.glob("test_*.py"))
+
+
+@pytest.mark.micropython
+@pytest.mark.parametrize("module", DEVICE_TEST_MODULES)
+def test_device_module_passes_under_micropython(micropython, module):
+    results, summary, output = micropython.run_tests(module)
+    failed = [r for r in results if not r["ok"]]
+    assert summary is not None, f"{module} did not finish under MicroPython:\n{output}"
+    assert not failed, f"{module} failed under MicroPython: {failed}\n{output}"
+    assert summary["passed"] > 0
