@@ -2,6 +2,7 @@
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEVICE_DIR = ROOT / "device"
 DEVICE_TESTS_DIR = ROOT / "tests" / "device"
 MPYRUN = ROOT / "tools" / "mpyrun.mjs"
+# device/ holds boot-time modules (appdir) that live in the board's /lib, outside the ghnode package.
+sys.path.insert(0, str(DEVICE_DIR))
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEVICE_DIR
+DEVICE_DIR = Path(__file__).resolve().parent.parent / "device"
 
 DEVICE_FILES = sorted(str(p.relative_to(DEVICE_DIR)) for p in DEVICE_DIR.rglob("*.py"))
 # Modules the ESP32 bundle compiles with the native emitter (hot loops); they must stay native-clean.

@@ -4,7 +4,9 @@ pytest also collects the same modules on CPython, so every device test runs on b
 """
 import pytest
 
-from conftest import DEVICE_TESTS_DIR
+from pathlib import Path
+
+DEVICE_TESTS_DIR = Path(__file__).resolve().parent / "device"
 
 DEVICE_TEST_MODULES = sorted(p.stem for p in DEVICE_TESTS_DIR.glob("test_*.py"))
 
