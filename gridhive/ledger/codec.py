@@ -1,0 +1,80 @@
+"""Canonical JSON encoding, hashing and domain-separated signing bytes (LEDGER.md §1)."""
+import hashlib
+import json
+import re
+
+MAX_INT = 2**63 - 1
+_HEX = re.compile(r"[0-9a-f]*")
+
+
+class CodecError(ValueError):
+    """Bytes or a value that is not canonical ledger JSON; `reason` is a §10 code."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def _check(value, depth: int = 0) -> None:
+    if depth > 32:
+        raise CodecError("malformed", "nested too deep")
+    kind = type(value)
+    if kind is int:
+        if -MAX_INT <= value <= MAX_INT:
+            return
+        raise CodecError("malformed", "integer out of range")
+    if kind is str or value is None:
+        return
+    if kind is list:
+        for item in value:
+            _check(item, depth + 1)
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise CodecError("malformed", "non-string key")
+            _check(item, depth + 1)
+        return
+    raise CodecError("malformed", f"type {kind.__name__} not allowed")  # floats and bools included
+
+
+def encode(value) -> bytes:
+    """The one canonical encoding of `value` (sorted keys, compact, ASCII)."""
+    _check(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _no_float(text: str):
+    raise CodecError("malformed", "float")
+
+
+def decode(data: bytes, max_bytes: int):
+    """Parse `data`, accepting only values whose canonical encoding is exactly `data`."""
+    if len(data) > max_bytes:
+        raise CodecError("oversized", f"{len(data)} > {max_bytes} bytes")
+    try:
+        value = json.loads(data, parse_float=_no_float, parse_constant=_no_float)
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, CodecError):
+            raise
+        raise CodecError("malformed", "not JSON") from None
+    if encode(value) != data:
+        raise CodecError("malformed", "not canonical")
+    return value
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hash_value(value) -> str:
+    return digest(encode(value))
+
+
+def signing_bytes(domain: str, value) -> bytes:
+    """Domain-separated bytes so a signature of one kind never verifies as another (§1.2)."""
+    return domain.encode() + b"\n" + encode(value)
+
+
+def is_hex(value, n_chars: int) -> bool:
+    return type(value) is str and len(value) == n_chars and _HEX.fullmatch(value) is not None

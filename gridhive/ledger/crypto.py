@@ -1,0 +1,48 @@
+"""Ed25519 keys via `cryptography` (LEDGER.md §1.2); keys and signatures travel as lowercase hex."""
+from functools import lru_cache
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .codec import digest, is_hex
+
+
+class SigningKey:
+    """A private Ed25519 key; `public_hex` is the account address."""
+
+    def __init__(self, private: Ed25519PrivateKey):
+        self._private = private
+        self.public_hex = private.public_key().public_bytes_raw().hex()
+
+    @classmethod
+    def generate(cls) -> "SigningKey":
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> "SigningKey":
+        """Deterministic key from a 32-byte seed (provisioning, simulations)."""
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+    @classmethod
+    def derive(cls, label: str) -> "SigningKey":
+        """Deterministic key from a label; only for tests and simulations."""
+        return cls.from_seed(bytes.fromhex(digest(label.encode())))
+
+    def seed(self) -> bytes:
+        return self._private.private_bytes_raw()
+
+    def sign(self, data: bytes) -> str:
+        return self._private.sign(data).hex()
+
+
+@lru_cache(maxsize=1 << 15)
+def verify(public_hex: str, data: bytes, sig_hex: str) -> bool:
+    """True if `sig_hex` is `public_hex`'s signature of `data`. Memoised: votes and txs are
+    re-verified by relays, block checks and catch-up, and a cached answer is as good as a fresh one."""
+    if not (is_hex(public_hex, 64) and is_hex(sig_hex, 128)):
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex)).verify(bytes.fromhex(sig_hex), data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True

@@ -1,0 +1,190 @@
+"""A ledger node: consensus + state + mempool + evidence pool behind one pure interface
+(LEDGER.md §12). A service (or `sim.py`) feeds it bytes, timers and the local clock and executes
+the returned actions in order."""
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .actions import Broadcast
+from .codec import digest, hash_value
+from .consensus import STEP_NAMES, App, Consensus, ConsensusConfig, block_hash
+from .crypto import SigningKey
+from .evidence import EvidencePool
+from .mempool import Mempool, MempoolConfig
+from .messages import MsgError, parse, tx_msg
+from .privval import PrivValidator
+from .rules import MarketRules
+from .state import BlockError, PendingBlock, State
+from .tx import TxError, check_tx, make_tx
+from .valset import ValidatorSet
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    mempool: MempoolConfig = field(default_factory=MempoolConfig)
+    auto_vote_evidence: bool = True     # §7.2: vote to remove validators with recorded evidence
+
+
+class Node(App):
+    """One validator (or follower when `key` is None)."""
+
+    def __init__(self, genesis: dict, key: SigningKey | None, rules: MarketRules, config: NodeConfig = NodeConfig(),
+                 blocks=(), signed_record: dict | None = None, snapshot: tuple[dict, dict] | None = None):
+        """Rebuild from persisted data (§8.2): optional (snapshot, its final header), the stored
+        blocks after it in order, and the last-signed record."""
+        self.config = config
+        self.key = key
+        self.state = State.from_snapshot(genesis, rules, *snapshot) if snapshot else State(genesis, rules)
+        for block in blocks:
+            self.state.commit(self.state.execute(block))
+        self.chain_id = self.state.chain_id
+        self.max_msg_bytes = self.state.params["max_block_bytes"] + 65_536
+        self.mempool = Mempool(config.mempool)
+        self.evidence = EvidencePool(self.chain_id)
+        self.rejections: Counter = Counter()
+        self._exec: dict[str, PendingBlock | str] = {}
+        self._out: list = []
+        privval = PrivValidator(key, signed_record) if key else None
+        self.consensus = Consensus(self.chain_id, config.consensus, self, privval, self.state.height + 1,
+                                   self.state.validators())
+
+    # -- entry points ---------------------------------------------------------------------------
+    def start(self, now_ms: int) -> list:
+        return self._collect(self.consensus.start(now_ms))
+
+    def on_message(self, peer: str, data: bytes, now_ms: int) -> list:
+        try:
+            env = parse(data, self.max_msg_bytes)
+        except MsgError as exc:
+            self.reject(exc.reason)
+            return []
+        if env["kind"] == "tx":
+            self._admit(env["tx"], peer, now_ms)
+            return self._collect([])
+        return self._collect(self.consensus.on_envelope(peer, env, data, digest(data), now_ms))
+
+    def on_timer(self, timer: tuple, now_ms: int) -> list:
+        return self._collect(self.consensus.on_timer(timer, now_ms))
+
+    def submit_tx(self, tx: dict, now_ms: int) -> tuple[str | None, list]:
+        """A client's transaction: (None, actions) if admitted to the mempool, else (reason, [])."""
+        reason = self._admit(tx, None, now_ms)
+        return reason, self._collect([])
+
+    @property
+    def height(self) -> int:
+        """Height of the last final block."""
+        return self.state.height
+
+    def status(self) -> dict:
+        """What `gridhive ctl ledger status` shows (peers are the service's to add)."""
+        c = self.consensus
+        return {"height": self.state.height, "last_block_hash": self.state.last_block_hash,
+                "last_block_time_ms": self.state.last_block_time_ms, "app_hash": self.state.app_hash,
+                "consensus": {"height": c.height, "round": c.round, "step": STEP_NAMES[c.step],
+                              "locked_round": c.locked_round},
+                "validators": [[pk, c.validators.powers[pk]] for pk in c.validators.order],
+                "is_validator": c.is_validator, "mempool_txs": len(self.mempool),
+                "pending_evidence": len(self.evidence), "rejections": dict(self.rejections)}
+
+    def _collect(self, actions: list) -> list:
+        if self._out:
+            actions, self._out = actions + self._out, []
+        return actions
+
+    def _admit(self, tx, peer: str | None, now_ms: int, wake_consensus: bool = True) -> str | None:
+        try:
+            tid = check_tx(tx, self.chain_id, self.state.params["max_tx_bytes"])
+            if not self.state.is_authorized(self.state, tx):
+                raise TxError("unauthorized")
+            self.mempool.add(tx, tid, self.state.nonce_of(tx["sender"]), now_ms)
+        except TxError as exc:
+            if not (peer is not None and exc.reason == "duplicate"):     # gossip echoes are not rejections
+                self.reject(exc.reason)
+            return exc.reason
+        self._out.append(Broadcast(tx_msg(tx), exclude=peer))
+        if wake_consensus:
+            self._out.extend(self.consensus.on_work(now_ms))
+        return None
+
+    # -- the App protocol used by consensus ----------------------------------------------------
+    def reject(self, reason: str) -> None:
+        self.rejections[reason] += 1
+
+    def has_work(self) -> bool:
+        return len(self.evidence) > 0 or self.mempool.has_ready(self.state.nonce_of)
+
+    def last_block_time_ms(self) -> int:
+        return self.state.last_block_time_ms
+
+    def on_evidence(self, evidence: dict) -> None:
+        try:
+            self.evidence.add(evidence)
+        except MsgError as exc:
+            self.reject(exc.reason)
+
+    def propose_block(self, height: int, now_ms: int) -> dict:
+        pending = self.state.build(max(now_ms, self.state.last_block_time_ms + 1), self.key.public_hex)
+        full = False
+        for run in self.mempool.runs(self.state.nonce_of):
+            for tid, tx in run:
+                try:
+                    pending.add_tx(tx)
+                except TxError as exc:
+                    if exc.reason == "block_full":
+                        full = True
+                    else:
+                        self.mempool.remove(tid)
+                        self.reject(exc.reason)
+                    break
+            if full:
+                break
+        for ev in self.evidence.pending(self.state.params["max_evidence_per_block"]):
+            try:
+                pending.add_evidence(ev)
+            except (TxError, MsgError) as exc:       # moot now (e.g. offender already removed): forget it
+                self.reject(exc.reason)
+                bad_id = hash_value(ev)
+                self.evidence.prune(lambda info: info.id != bad_id)
+        block = pending.seal()
+        self._exec[block_hash(block)] = pending
+        return block
+
+    def block_error(self, block: dict) -> str | None:
+        bhash = block_hash(block)
+        result = self._exec.get(bhash)
+        if result is None:
+            try:
+                result = self.state.execute(block)
+            except BlockError as exc:
+                self.reject("invalid_block")
+                result = exc.reason
+            self._exec[bhash] = result
+        return None if isinstance(result, PendingBlock) else result
+
+    def finalize(self, block: dict, commit: list[dict], now_ms: int) -> ValidatorSet:
+        self.state.commit(self._exec[block_hash(block)])
+        self._exec.clear()
+        self.mempool.update(self.state.nonce_of, now_ms)
+        s = self.state
+        self.evidence.prune(lambda info: s.get("evidence", info.key) is None and s.get("validators", info.offender)
+                            and s.height + 1 - info.height <= s.params["evidence_max_age_heights"])
+        if self.config.auto_vote_evidence:
+            self._vote_out_offenders(now_ms)
+        return s.validators()
+
+    def _vote_out_offenders(self, now_ms: int) -> None:
+        me = self.key.public_hex if self.key else None
+        if me not in self.state.validators():
+            return
+        for slot, prop in sorted(self.state.tables["vproposals"].items()):
+            target = slot.partition(":")[2]
+            if not slot.startswith("remove:") or not prop["evidence"] or me in prop["voters"] or target == me:
+                continue
+            nonce = self.mempool.next_nonce(me, self.state.nonce_of(me))
+            tx = make_tx(self.key, self.chain_id, "validator_vote", nonce,
+                         {"action": "remove", "validator": target, "power": 0})
+            pending_same = any(t["body"] == tx["body"] for run in self.mempool.runs(self.state.nonce_of)
+                               for _, t in run if t["sender"] == me)
+            if not pending_same:     # called from inside consensus: no re-entry, it looks at work itself next
+                self._admit(tx, None, now_ms, wake_consensus=False)
