@@ -188,9 +188,9 @@ _CHANNEL = _obj((
     ("pin", _int(0, 48), _REQUIRED),
     ("kind", _one_of("ct", "voltage"), "ct"),
     ("rating_a", _opt(_num(0.1, 1000)), None),  # ct only, required there
-    ("gain", _num(0.001, 1000), 1.0),
-    ("phase", _num(-30, 30), 0),
-    ("offset_uv", _int(-3300000, 3300000), 0),
+    ("gain", _opt(_num(0.001, 10000)), None),  # primary A (ct) or V (voltage) per ADC volt
+    ("phase_deg", _num(-30, 30), 0),
+    ("offset", _int(0, 100000), 0),  # noise RMS subtracted in quadrature: mA (ct) or mV (voltage)
     ("noise_floor_ma", _opt(_int(0, 100000)), None),  # ct only; default 0 (no squelch)
 ))
 _RELAY = _obj((
@@ -201,14 +201,15 @@ _RELAY = _obj((
     ("min_on_ms", _MS, 0),
     ("min_off_ms", _MS, 0),
     ("max_switches", _int(0), 0),
-    ("switch_window_ms", _int(1000), 3600000),
+    ("window_ms", _int(1000), 3600000),
     ("auto_off_ms", _MS, 0),
     ("max_current_ma", _int(0), 0),
     ("max_power_w", _int(0), 0),
     ("failsafe", _one_of("off", "on", "hold"), "hold"),
     ("link_lost_ms", _int(1000), 300000),
     ("channel", lambda k, v: v, None),  # index or name of a ct channel: resolved in validate()
-    ("override_hold_ms", _MS, 3600000),
+    ("manual_hold_ms", _MS, 3600000),
+    ("trip_cooldown_ms", _MS, 60000),
 ))
 _TELEMETRY = _obj((
     ("period_s", _int(1, 3600), 10),
@@ -216,8 +217,8 @@ _TELEMETRY = _obj((
     ("health_period_s", _int(10, 86400), 60),
 ))
 _BUFFER = _obj((
-    ("slots", _int(8, 4096), 512),
-    ("slot_bytes", _int(128, 4096), 512),
+    ("slots", _int(8, 4096), 1024),
+    ("slot_bytes", _int(128, 4096), 1024),
 ))
 _TOP = _obj((
     ("node_id", _str(1, 32, _ID_CHARS, "1..32 characters a-z 0-9 -"), _REQUIRED),
@@ -234,6 +235,11 @@ _TOP = _obj((
     ("ntp_host", _opt(_str(1, 253)), None),
 ))
 BUFFER_MAX_BYTES = 1024 * 1024  # flash budget for the message buffer
+# Default gains: a CT's rated current gives 0.6 V RMS at the ADC (e.g. SCT-013-030, 30 A : 1 V, into a
+# 0.6 divider), which keeps 120 % of rating inside the ADC's linear range; a 230 V : 9 V adapter and
+# divider gives 0.6 V RMS for 230 V.
+CT_RATED_ADC_V = 0.6
+VT_DEFAULT_GAIN = 383.0
 
 
 def validate(raw):
@@ -271,6 +277,8 @@ def validate(raw):
         if ch["kind"] == "ct":
             if ch["rating_a"] is None:
                 raise ConfigError(key + ".rating_a", "required for a ct channel (the clamp's rating in A)")
+            if ch["gain"] is None:
+                ch["gain"] = ch["rating_a"] / CT_RATED_ADC_V
             if ch["noise_floor_ma"] is None:
                 ch["noise_floor_ma"] = 0
         else:
@@ -278,6 +286,8 @@ def validate(raw):
                 raise ConfigError(key + ".kind",
                                   "at most one voltage channel (channels[%d] is one)" % voltage)
             voltage = i
+            if ch["gain"] is None:
+                ch["gain"] = VT_DEFAULT_GAIN
             for k in ("rating_a", "noise_floor_ma"):
                 if ch[k] is not None:
                     raise ConfigError(key + "." + k, "only applies to ct channels")
@@ -318,10 +328,7 @@ def validate(raw):
 
 
 def load_config(path=DEFAULT_PATH):
-    """Read and validate the config file. Returns (config, None); raises ConfigError.
-
-    The second item is reserved (always None) so callers can write `cfg, _ = load_config()`.
-    """
+    """Read and validate the config file; return the normalised config or raise ConfigError."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -335,4 +342,4 @@ def load_config(path=DEFAULT_PATH):
         obj = json.loads(raw.decode())
     except (ValueError, UnicodeError) as e:
         raise ConfigError(None, "%s is not valid JSON (%s)" % (path, e))
-    return validate(obj), None
+    return validate(obj)

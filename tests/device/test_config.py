@@ -19,7 +19,7 @@ def _full():
     c = _minimal()
     c["channels"] = [
         {"name": "mains_v", "pin": 36, "kind": "voltage", "gain": 234.5},
-        {"name": "ev", "pin": 39, "rating_a": 30, "phase": 1.7, "offset_uv": -1200, "noise_floor_ma": 40},
+        {"name": "ev", "pin": 39, "rating_a": 30, "phase_deg": 1.7, "offset": 12, "noise_floor_ma": 40},
         {"name": "heat_pump", "pin": 34, "kind": "ct", "rating_a": 50},
     ]
     c["relays"] = [
@@ -40,7 +40,7 @@ def test_minimal_config_gets_every_default():
                            "password": None, "tls": False}
     assert cfg["mains"] == {"frequency_hz": 50, "nominal_voltage_v": 230, "cycles": 10}
     assert cfg["telemetry"] == {"period_s": 10, "change_w": 50, "health_period_s": 60}
-    assert cfg["buffer"] == {"slots": 512, "slot_bytes": 512}
+    assert cfg["buffer"] == {"slots": 1024, "slot_bytes": 1024}
     assert cfg["channels"] == [] and cfg["relays"] == []
     assert cfg["wdt_ms"] == 30000 and cfg["ntp_host"] is None and cfg["chip"] == "esp32"
 
@@ -48,7 +48,7 @@ def test_minimal_config_gets_every_default():
 def test_full_config_is_normalised():
     cfg = validate(_full())
     ev = cfg["channels"][1]
-    assert ev["kind"] == "ct" and ev["gain"] == 1.0 and ev["noise_floor_ma"] == 40
+    assert ev["kind"] == "ct" and ev["gain"] == 50.0 and ev["noise_floor_ma"] == 40
     assert cfg["channels"][0]["rating_a"] is None
     assert cfg["channels"][2]["noise_floor_ma"] == 0
     r0, r1 = cfg["relays"]
@@ -143,7 +143,7 @@ CASES = [
     (_set("channels[1].rating_a", 0), "channels[1].rating_a"),
     (_set("channels[1].gain", "1"), "channels[1].gain"),
     (_set("channels[1].phase", 90), "channels[1].phase"),
-    (_set("channels[1].offset_uv", 1.5), "channels[1].offset_uv"),
+    (_set("channels[1].offset", 1.5), "channels[1].offset"),
     (_set("channels[1].noise_floor_ma", -1), "channels[1].noise_floor_ma"),
     (_set("channels[0].rating_a", 10), "channels[0].rating_a"),
     (_set("channels[2].ratng_a", 10), "channels[2].ratng_a"),
@@ -156,7 +156,7 @@ CASES = [
     (_set("relays[1].power_up", "restored"), "relays[1].power_up"),
     (_set("relays[1].min_off_ms", -5), "relays[1].min_off_ms"),
     (_set("relays[1].max_switches", None), "relays[1].max_switches"),
-    (_set("relays[1].switch_window_ms", 10), "relays[1].switch_window_ms"),
+    (_set("relays[1].window_ms", 10), "relays[1].window_ms"),
     (_set("relays[1].auto_off_ms", "1h"), "relays[1].auto_off_ms"),
     (_set("relays[1].max_current_ma", 1.5), "relays[1].max_current_ma"),
     (_set("relays[1].max_power_w", -1), "relays[1].max_power_w"),
@@ -167,7 +167,7 @@ CASES = [
     (_set("relays[1].channel", "fridge"), "relays[1].channel"),
     (_set("relays[1].channel", True), "relays[1].channel"),
     (_set("relays[0].channel", DEL), "relays[0].channel"),
-    (_set("relays[1].override_hold_ms", "x"), "relays[1].override_hold_ms"),
+    (_set("relays[1].manual_hold_ms", "x"), "relays[1].manual_hold_ms"),
     (_set("relays[1].colour", "red"), "relays[1].colour"),
     (_set("telemetry", {"period_s": 0}), "telemetry.period_s"),
     (_set("telemetry", {"change_w": -1}), "telemetry.change_w"),
@@ -241,8 +241,7 @@ def _write(text):
 
 
 def test_load_config_reads_and_validates_a_file():
-    cfg, extra = load_config(_write(json.dumps(_full())))
-    assert extra is None
+    cfg = load_config(_write(json.dumps(_full())))
     assert cfg["node_id"] == "house-7" and cfg["relays"][0]["channel"] == 1
 
 
