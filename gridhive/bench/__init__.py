@@ -1,0 +1,6 @@
+"""Benchmarks for `gridhive bench NAME`: module paths, imported lazily; each module has run() -> dict."""
+
+BENCHES = {
+    "device": "gridhive.bench.device",
+    "clearing": "gridhive.market.bench",
+}
