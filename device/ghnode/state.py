@@ -70,7 +70,7 @@ class NodeState:
         self.boot_count = 0
         self.boot_id = 0  # not persisted: new every boot()
         self.seq_reserved_upto = 0  # every seq below this may already have been used
-        self.relays = {}  # relay name -> last commanded state (bool)
+        self.relays = {}  # relay name -> what relay.Relay.to_dict() returned (state, trip latch)
         self.energy_mwh = {}  # channel name -> integer energy counter, mWh (ints: ESP32 floats are 32-bit)
         self.source = "new"
         self._load()
@@ -99,7 +99,7 @@ class NodeState:
                 setattr(self, name, d[name])
         r = d.get("relays")
         if isinstance(r, dict):
-            self.relays = {k: v for k, v in r.items() if isinstance(v, bool)}
+            self.relays = {k: v for k, v in r.items() if isinstance(v, dict)}
         e = d.get("energy_mwh")
         if isinstance(e, dict):
             self.energy_mwh = {k: v for k, v in e.items() if _is_int(v)}
@@ -128,12 +128,11 @@ class NodeState:
         self.save()
         return self.boot_id
 
-    def set_relay(self, name, on):
-        """Remember a relay's state; saves only when it changed. Returns True if it changed."""
-        on = bool(on)
-        if self.relays.get(name) is on:
+    def set_relay(self, name, saved):
+        """Remember a relay's Relay.to_dict(); saves only when it changed. Returns True if it changed."""
+        if self.relays.get(name) == saved:
             return False
-        self.relays[name] = on
+        self.relays[name] = saved
         self.save()
         return True
 

@@ -29,11 +29,11 @@ def test_fresh_state_has_defaults():
 def test_save_and_reload_round_trip():
     p = _path()
     s = NodeState(p)
-    s.relays = {"ev": True, "pump": False}
+    s.relays = {"ev": {"state": "on", "tripped": None}, "pump": {"state": "off", "tripped": "over_power"}}
     s.set_energy({"ev": 123456789012, "house": 5})
     s2 = NodeState(p)
     assert s2.source == "main"
-    assert s2.relays == {"ev": True, "pump": False}
+    assert s2.relays == {"ev": {"state": "on", "tripped": None}, "pump": {"state": "off", "tripped": "over_power"}}
     assert s2.energy_mwh == {"ev": 123456789012, "house": 5}
 
 
@@ -154,23 +154,25 @@ def test_flipped_bit_is_caught_by_the_checksum():
 def test_fields_of_the_wrong_type_are_ignored():
     p = _path()
     body = json.dumps({"gen": 3, "boot_count": "x", "seq_reserved_upto": 500,
-                       "relays": {"a": True, "b": 1}, "energy_mwh": {"e": 2.5, "f": 9}})
+                       "relays": {"a": {"state": "on"}, "b": 1}, "energy_mwh": {"e": 2.5, "f": 9}})
     _write(p, (body + "\n%08x\n" % (crc32(body.encode()) & 0xFFFFFFFF)).encode())
     s = NodeState(p)
     assert s.source == "main"
     assert s.boot_count == 0 and s.seq_reserved_upto == 500
-    assert s.relays == {"a": True} and s.energy_mwh == {"f": 9}
+    assert s.relays == {"a": {"state": "on"}} and s.energy_mwh == {"f": 9}
 
 
 def test_set_relay_saves_only_on_change():
     p = _path()
     s = NodeState(p)
-    assert s.set_relay("ev", True) is True
+    on = {"state": "on", "tripped": None}
+    tripped = {"state": "off", "tripped": "over_current"}
+    assert s.set_relay("ev", on) is True
     g = s.gen
-    assert s.set_relay("ev", True) is False
+    assert s.set_relay("ev", {"state": "on", "tripped": None}) is False
     assert s.gen == g
-    assert s.set_relay("ev", False) is True
-    assert NodeState(p).relays == {"ev": False}
+    assert s.set_relay("ev", tripped) is True
+    assert NodeState(p).relays == {"ev": tripped}
 
 
 def test_energy_counters_must_be_integers():
