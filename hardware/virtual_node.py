@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ghnode import app
 from ghnode.hal_sim import Waveform
-from ghnode.hal_sim_board import SimBoard
+from ghnode.hal_sim import SimBoard
 
 LOADS = ("mixed", "ev", "heatpump", "fridge", "pv")
 VOLTAGE_PIN, MAINS_PIN, EV_PIN, EV_RELAY_PIN = 39, 36, 34, 25

@@ -6,7 +6,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from ghnode import link, mqtt
-from ghnode.hal_sim_net import WiFi
+from ghnode.hal_sim import WiFi
 
 pytestmark = pytest.mark.broker
 

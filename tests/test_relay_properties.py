@@ -29,7 +29,7 @@ import copy
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.control import currently_in_test_context, event as _event
 
-from ghnode.hal_sim_relay import SimRelayPin
+from ghnode.hal_sim import SimRelayPin
 from ghnode.relay import FAILSAFE, POWER_UP, REASONS, Relay
 
 TIMED_REASONS = ("manual_override", "tripped", "min_on_time", "min_off_time", "rate_limit")

@@ -10,7 +10,7 @@ hal_sim.SimBoard on a host). What a board provides:
     adc(pin)                   an input with read_uv()
     relay_pin(pin, active_low) an output with write(now_ms, on)
     wifi(ssid, password)       isconnected() / connect() / rssi()
-    buttons()                  relay indices whose local button was pressed since the last call
+    button(pin)                a local push button with pressed(): True once per press
     firmware_ok()              this firmware reached its gateway: keep it (appdir.confirm on a board)
     tls()                      an ssl context for MQTT over TLS
     wdt(timeout_ms)            a watchdog with feed()
@@ -132,6 +132,8 @@ class Node:
             if r["name"] in self.state.relays:
                 saved[str(i)] = self.state.relays[r["name"]]
         self.relays = RelayBank(relays).start(self.now_ms, saved)
+        self.buttons = dict((i, self.board.button(r["button_pin"])) for i, r in enumerate(cfg["relays"])
+                            if r["button_pin"] is not None)
         # Which CT (position in the measurement) watches each relay's circuit.
         self.relay_ct = {}
         for i, r in enumerate(cfg["relays"]):
@@ -154,9 +156,9 @@ class Node:
             if now >= self._next_measure:
                 self._next_measure = now + LOOP_MS
                 self._measure(now)
-            for i in self.board.buttons():
-                if i in self.relays.relays:
-                    self.relays.relays[i].manual_toggle(now)
+            for i, button in self.buttons.items():
+                if button.pressed() and self.relays.relays[i].manual_toggle(now)["ok"]:
+                    self._persist_relays()
             if self.relays.tick(now):
                 self._persist_relays()
             self._maybe_telemetry(now)

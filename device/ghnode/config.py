@@ -197,6 +197,7 @@ _RELAY = _obj((
     ("name", _NAME, _REQUIRED),
     ("pin", _int(0, 48), _REQUIRED),
     ("active_low", _bool, False),
+    ("button_pin", _opt(_int(0, 48)), None),  # a local push button that toggles this relay
     ("power_up", _one_of("off", "on", "restore"), "off"),
     ("min_on_ms", _MS, 0),
     ("min_off_ms", _MS, 0),
@@ -303,6 +304,8 @@ def validate(raw):
             raise ConfigError(key + ".pin", "GPIO%d of the %s is input-only and cannot drive a relay"
                               % (r["pin"], chip))
         claim(key + ".pin", r["pin"])
+        if r["button_pin"] is not None:
+            claim(key + ".button_pin", r["button_pin"])
         c = r["channel"]
         if c is not None:
             what = "the index or name of a ct channel"

@@ -2,7 +2,7 @@
 
 No I/O and no clock: every method takes `now_ms`, a monotonic millisecond count that never wraps
 (the app accumulates time.ticks_diff; raw ticks_ms wraps after ~12 days). The relay drives its
-output through `pin.write(now_ms, on)` (hal_esp32_relay.RelayPin on a board, hal_sim_relay.SimRelayPin
+output through `pin.write(now_ms, on)` (hal_esp32.RelayPin on a board, hal_sim.SimRelayPin
 in tests) and writes only on a change, plus once in start() to set the power-up level.
 
 Precedence, highest first: safety trip > fail-safe > manual override > remote command.

@@ -4,7 +4,7 @@ import json
 from devtest import make_tmpdir
 from ghnode import app, wire
 from ghnode.hal_sim import Waveform
-from ghnode.hal_sim_board import SimBoard
+from ghnode.hal_sim import SimBoard
 
 SECRET_HEX = "5a" * 32
 SECRET = bytes([0x5A] * 32)
@@ -190,3 +190,19 @@ def test_missing_config_is_safe_mode_without_a_link():
     mode = app.boot(board)
     assert isinstance(mode, app.SafeMode) and mode.link is None
     assert "provision the node" in mode.error
+
+
+def test_local_button_overrides_remote_commands():
+    cfg = config()
+    cfg["relays"][0]["button_pin"] = 0
+    board = make_board(cfg)
+    node = app.boot(board)
+    run(node, board, 1)
+    board.button_pins[0].press()
+    run(node, board, 1)
+    assert board.relay_pins[25].on
+    deliver(node, "cmd", {"v": 1, "t": "cmd", "node": "house-1", "boot": node.boot_id, "cid": 1,
+                          "relay": 0, "action": "off"})
+    assert board.relay_pins[25].on
+    reply = [m for k, m in buffered(node) if k == "reply"][-1]
+    assert not reply["ok"] and reply["reason"] == "manual_override"

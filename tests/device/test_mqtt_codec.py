@@ -5,7 +5,7 @@ No sockets: runs unchanged on CPython and on the MicroPython WebAssembly port.
 from devtest import raises
 
 from ghnode import link, mqtt
-from ghnode.hal_sim_net import WiFi
+from ghnode.hal_sim import WiFi
 
 
 # ---- remaining length ----------------------------------------------------------------------

@@ -2,7 +2,7 @@
 import json
 
 from devtest import make_tmpdir, raises
-from ghnode.hal_sim_relay import SimRelayPin
+from ghnode.hal_sim import SimRelayPin
 from ghnode.relay import REASONS, Relay, RelayBank
 
 T0 = 1000
