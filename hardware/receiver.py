@@ -23,7 +23,10 @@ class NodeReceiver:
         self._seen = defaultdict(set)
         self._cid = 0
         self._lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.connected = threading.Event()
+        # A persistent session: while this receiver is away the broker queues QoS 1 messages for it,
+        # so a node that stays connected does not have to re-send them out of order later.
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 2)
@@ -38,6 +41,7 @@ class NodeReceiver:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         client.subscribe("gh/+/+", qos=1)
+        self.connected.set()
 
     def _secret_for(self, node):
         return self.secrets.get(node)

@@ -130,6 +130,10 @@ class VirtualNode:
             self.step()
             self._stop.wait(0.05)
 
+    def stop_measuring(self) -> None:
+        """Produce no new messages but keep delivering the buffered ones (for a clean end of a run)."""
+        self.firmware._next_measure = self.firmware._next_tele = self.firmware._next_health = float("inf")
+
     def stop(self) -> None:
         """Stop like a power cut: no clean disconnect, so the broker publishes the last will."""
         self._stop.set()
@@ -141,14 +145,15 @@ class VirtualNode:
 
 
 def start_virtual_nodes(count: int, host: str, port: int, state_dir: Path, load: str = "mixed",
-                        period_s: int = 10, log=None) -> list[VirtualNode]:
+                        period_s: int = 10, log=None, started: bool = True) -> list[VirtualNode]:
     """Start `count` homes; with load "mixed" the homes get a mix of load kinds (some with PV)."""
     nodes = []
     for i in range(count):
         kind = load if load != "mixed" else ("mixed", "pv", "heatpump", "fridge")[i % 4]
         node = VirtualNode(Path(state_dir) / f"vnode-{i + 1}", f"vnode-{i + 1}", host, port, kind, seed=i,
                            period_s=period_s, log=log)
-        node.start()
+        if started:
+            node.start()
         nodes.append(node)
     return nodes
 
