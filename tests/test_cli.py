@@ -1,0 +1,83 @@
+"""The gridhive command as users run it (a real subprocess each time)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ghnode import config as node_config
+
+GRIDHIVE = [sys.executable, "-m", "gridhive.cli"]
+
+
+def gridhive(*args, timeout=120, cwd=None):
+    return subprocess.run(GRIDHIVE + list(args), capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+@pytest.mark.parametrize("sub", ["demo", "node", "gateway", "ctl", "flash", "hil", "bench"])
+def test_every_subcommand_has_help(sub):
+    out = gridhive(sub, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "Usage" in out.stdout and len(out.stdout.splitlines()) > 4
+
+
+def test_demo_runs_on_the_embedded_broker_and_loses_nothing():
+    out = gridhive("demo", "--duration-s", "8", "--nodes", "2", "--broker", "embedded", timeout=90)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "embedded broker" in out.stdout
+    assert "no reading lost" in out.stdout
+    assert "vnode-2:" in out.stdout
+
+
+def test_bad_arguments_say_what_is_wrong():
+    out = gridhive("demo", "--broker", "rabbit")
+    assert out.returncode == 2 and "expected auto, embedded or mosquitto" in out.stderr
+    out = gridhive("node", "--virtual", "--broker", "nohost")
+    assert out.returncode == 2 and "HOST:PORT" in out.stderr
+    out = gridhive("bench", "nope")
+    assert out.returncode == 2 and "unknown benchmark" in out.stderr
+
+
+def test_provision_writes_a_valid_config_with_a_fresh_secret(tmp_path):
+    paths = []
+    for name in ("a.json", "b.json"):
+        out = gridhive("flash", "provision", "--node-id", "house-12-ev", "--wifi-ssid", "Street5",
+                       "--wifi-password", "pw", "--mqtt-host", "192.0.2.10", "--out", str(tmp_path / name))
+        assert out.returncode == 0, out.stdout + out.stderr
+        paths.append(tmp_path / name)
+    a, b = (node_config.load_config(str(p)) for p in paths)
+    assert a["node_id"] == "house-12-ev" and a["mqtt"]["host"] == "192.0.2.10"
+    assert a["secret_hex"] != b["secret_hex"]
+    assert (paths[0].stat().st_mode & 0o077) == 0, "the secret must not be world-readable"
+    out = gridhive("flash", "provision", "--node-id", "Bad Id", "--wifi-ssid", "x", "--wifi-password", "",
+                   "--mqtt-host", "h", "--out", str(tmp_path / "c.json"))
+    assert out.returncode == 2 and "node_id" in out.stdout and not (tmp_path / "c.json").exists()
+
+
+def test_bundle_compiles_the_firmware_for_the_esp32(tmp_path):
+    out = gridhive("flash", "bundle", "--version", "1.2.0", "--out", str(tmp_path / "fw"), timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    fw = tmp_path / "fw"
+    assert (fw / "app" / "active").read_text() == "1.2.0"
+    compiled = {p.name for p in (fw / "app" / "1.2.0" / "ghnode").iterdir()}
+    assert {"app.mpy", "wire.mpy", "sampler.mpy", "hal_esp32.mpy", "__init__.mpy"} <= compiled
+    assert not any(name.startswith("hal_sim") for name in compiled), "host simulation shipped to a board"
+    # The .mpy header's arch field (byte 2, bits 2-7): 10 is xtensawin native code, 0 is portable
+    # bytecode. Only the hot loop is native.
+    def arch(name):
+        data = (fw / "app" / "1.2.0" / "ghnode" / name).read_bytes()
+        assert data[0] == ord("M")
+        return data[2] >> 2
+    assert arch("sampler.mpy") == 10
+    assert arch("app.mpy") == 0 and arch("wire.mpy") == 0
+    manifest = json.loads((fw / "manifest.json").read_text())
+    assert manifest["version"] == "1.2.0" and "boot.py" in manifest["files"]
+
+
+def test_bench_device_reports_json_measured_under_micropython():
+    out = gridhive("bench", "device", "--json", timeout=300)
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)
+    assert figures["loop_alloc_bytes"] == 0
+    assert 0 < figures["us_per_sample"] < 1000
