@@ -157,7 +157,7 @@ def check_schema(msg):
         raise WireError("bad_kind", repr(msg["t"]))
     for name, kind in fields:
         _check_field(msg, name, kind)
-    if "seq" in msg and msg["seq"] < 0:
+    if ("seq", int) in fields and msg["seq"] < 0:
         raise WireError("bad_field", "seq must be >= 0")
 
 

@@ -87,6 +87,13 @@ def test_schema_errors_name_the_field():
     assert e.reason == "bad_version"
 
 
+def test_extra_fields_of_any_type_never_crash_the_schema_check():
+    status = {"v": 1, "t": "status", "node": "n1", "boot": 7, "online": True, "seq": None}
+    assert wire.decode(wire.encode(status, SECRET), secret_for)["seq"] is None
+    for junk in (None, "x", [1], {"a": 1}, True):
+        raises(wire.WireError, wire.decode, wire.encode(tele(seq=junk), SECRET), secret_for)
+
+
 def test_floats_and_non_ascii_are_refused_at_both_ends():
     assert raises(wire.WireError, wire.encode, tele(power=1.5), SECRET).reason == "bad_type"
     assert raises(wire.WireError, wire.encode, tele(node="n\u00e9"), SECRET).reason == "bad_string"
