@@ -108,7 +108,11 @@ class Relay:
         return res
 
     def on_measurement(self, now_ms, irms_ma, power_w):
-        """The CT reading of this circuit. Over a limit: off now and latch; return the trip reason."""
+        """The CT reading of this circuit. Over a limit: off now and latch.
+
+        Returns the trip reason when this reading tripped or latched the relay, None otherwise (also
+        while already latched, so a lasting fault does not repeat the trip event every reading).
+        """
         now_ms = self._update(now_ms)[0]
         reason = None
         if self.max_current_ma and irms_ma is not None and abs(irms_ma) > self.max_current_ma:
@@ -120,11 +124,12 @@ class Relay:
         # Latch even when already off: current on an open circuit means welded contacts or a wiring
         # fault, so it must not be switched on again without an explicit reset. Refreshing trip_ms
         # restarts the cool-down while the fault persists.
+        was_latched = self.tripped is not None
         self.tripped = reason
         self.trip_ms = now_ms
         if self.on:
             self._switch(now_ms, False, reason)  # exempt from min-on and rate limit, but counted
-        return reason
+        return None if was_latched else reason
 
     def on_link(self, now_ms, up):
         """Gateway reachability. Down for link_lost_ms activates the fail-safe until it is back."""

@@ -230,7 +230,7 @@ def test_fault_on_an_open_circuit_latches_and_restarts_cool_down():
     r, pin = make(max_current_ma=1000, trip_cooldown_ms=1000)
     assert r.on_measurement(T0, 5000, 0) == "over_current"
     assert pin.transitions() == []
-    r.on_measurement(T0 + 900, 5000, 0)
+    assert r.on_measurement(T0 + 900, 5000, 0) is None  # already latched: no repeated trip event
     rejected(r.command(T0 + 1500, "on"), "tripped", 400)
 
 
