@@ -7,6 +7,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gridhive.controller.cli import app as ctl_app
+
 app = typer.Typer(
     help="gridhive: edge firmware and fleet controller for local energy communities.",
     no_args_is_help=True,
@@ -60,8 +62,6 @@ def node(
 
 gateway_app = typer.Typer(help="Gateway service on the Raspberry Pi (ingest, storage, meter, agent, validator).",
                           invoke_without_command=True)
-ctl_app = typer.Typer(help="Fleet manager's controller CLI (fleet, OTA, market, exports, validators).",
-                      invoke_without_command=True)
 hil_app = typer.Typer(help="Hardware-in-the-loop rig: the same tests against real boards or a simulated rig.",
                       invoke_without_command=True)
 flash_app = typer.Typer(help="Installer tools: provision node configs and build firmware bundles for ESP32 nodes.",
@@ -76,12 +76,6 @@ app.add_typer(hil_app, name="hil")
 def _gateway(ctx: typer.Context):
     if ctx.invoked_subcommand is None:
         _not_yet("The gateway service")
-
-
-@ctl_app.callback()
-def _ctl(ctx: typer.Context):
-    if ctx.invoked_subcommand is None:
-        _not_yet("The controller")
 
 
 @hil_app.callback()

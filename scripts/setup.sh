@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up gridhive in this checkout: a virtualenv in .venv with the package installed.
 #   scripts/setup.sh         what `gridhive demo` needs (Python packages only)
-#   scripts/setup.sh --test  also what the tests need: test packages, Mosquitto, node + the
-#                            MicroPython WebAssembly runtime (npm ci)
+#   scripts/setup.sh --test  also what the tests need: test packages, Mosquitto, PostgreSQL, node +
+#                            the MicroPython WebAssembly runtime (npm ci)
 # Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +41,8 @@ fi
 
 if [ $want_test -eq 1 ]; then
   command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || apt_install mosquitto
+  # PostgreSQL for the controller's second back end: its tests start a throwaway server (initdb + postgres).
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || apt_install postgresql
   command -v node >/dev/null || apt_install nodejs npm
   command -v npm >/dev/null || apt_install npm
   if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then

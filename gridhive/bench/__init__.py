@@ -3,4 +3,5 @@
 BENCHES = {
     "device": "gridhive.bench.device",
     "clearing": "gridhive.market.bench",
+    "ctl-ingest": "gridhive.controller.bench",
 }

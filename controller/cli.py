@@ -1,0 +1,155 @@
+"""`gridhive ctl`: the fleet manager's controller commands (serve, fleet status)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from urllib.parse import urlsplit
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import registry
+from .store import open_store
+
+app = typer.Typer(help="Fleet manager's controller: gateway uplink ingest and the fleet registry.",
+                  no_args_is_help=True, add_completion=False)
+fleet_app = typer.Typer(help="The fleet registry: every gateway and node with its state.", no_args_is_help=True)
+app.add_typer(fleet_app, name="fleet")
+console = Console()
+
+DEFAULT_DB = "sqlite:///var/controller.db"
+DB_HELP = "Database: sqlite:///path (default var/controller.db) or postgresql://user@host:port/dbname."
+STATE_STYLE = {"online": "green", "stale": "yellow", "safe-mode": "magenta", "offline": "red", "unreachable": "red"}
+
+
+def parse_broker(text):
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def redact(url):
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+def _open(db, create=True):
+    try:
+        return open_store(db, create=create)
+    except Exception as e:  # bad URL, server down, wrong credentials, missing file: say which, exit 2
+        console.print(f"[red]cannot open the controller database {redact(db)}: {e}[/]")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    db: str = typer.Option(DEFAULT_DB, "--db", envvar="GRIDHIVE_CTL_DB", help=DB_HELP),
+    broker: str = typer.Option("127.0.0.1:1883", envvar="GRIDHIVE_CTL_BROKER", help="MQTT broker as HOST:PORT."),
+    client_id: str = typer.Option("gridhive-controller", envvar="GRIDHIVE_CTL_CLIENT_ID",
+                                  help="MQTT client id (the broker keeps this session's queue while it is down)."),
+    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+):
+    """Ingest gateway uplinks (ghc/+/up, ghc/+/status) into the database and acknowledge them."""
+    from .service import ControllerService
+
+    try:
+        host, port = parse_broker(broker)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--broker")
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _open(db).close()  # fail fast, with a clear message, before connecting to the broker
+    service = ControllerService(db, host, port, client_id=client_id)
+    asyncio.run(_serve(service, db, broker))
+    console.print("controller stopped: " + ", ".join(f"{k}={v}" for k, v in sorted(service.counters().items())))
+
+
+async def _serve(service, db, broker):
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def announce():
+        await service.ready.wait()
+        print(f"controller ready: db {redact(db)}, broker {broker}", flush=True)
+
+    announcer = asyncio.create_task(announce())
+    try:
+        await service.run(stop)
+    finally:
+        announcer.cancel()
+
+
+def _age(now_ms, ts_ms):
+    if ts_ms is None:
+        return "-"
+    s = max(0, (now_ms - ts_ms) // 1000)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            return f"{s // size} {unit} ago"
+    return f"{s} s ago"
+
+
+def fleet_rows(gateways, nodes, message_counts, now_ms, stale_after_ms=registry.STALE_AFTER_MS):
+    """One dict per gateway, each followed by its nodes, with the state the registry rules give."""
+    by_gw = {g["gw"]: g for g in gateways}
+    rows = []
+    for gw in gateways:
+        rows.append({"kind": "gateway", "gw": gw["gw"], "node": None,
+                     "state": registry.gateway_state(gw, now_ms, stale_after_ms), "fw": gw["fw"],
+                     "last_seen_ms": gw["last_seen_ms"], "seq": gw["last_gseq"], "messages": gw["items"]})
+        for n in (n for n in nodes if n["gw"] == gw["gw"]):
+            rows.append({"kind": "node", "gw": n["gw"], "node": n["node"],
+                         "state": registry.node_state(n, by_gw.get(n["gw"]), now_ms, stale_after_ms),
+                         "fw": n["fw"], "last_seen_ms": n["last_seen_ms"], "seq": n["last_seq"],
+                         "messages": message_counts.get(n["node"], 0), "heap_free_b": n["heap_free_b"],
+                         "rssi_dbm": n["rssi_dbm"], "buf_depth": n["buf_depth"], "buf_dropped": n["buf_dropped"],
+                         "safe_mode": n["safe_mode"], "error": n["error"], "reset_cause": n["reset_cause"]})
+    return rows
+
+
+@fleet_app.command("status")
+def fleet_status(
+    db: str = typer.Option(DEFAULT_DB, "--db", envvar="GRIDHIVE_CTL_DB", help=DB_HELP),
+    stale_after_s: float = typer.Option(registry.STALE_AFTER_MS / 1000, min=1,
+                                        help="Call a gateway or node stale after this long without news."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as one JSON list."),
+):
+    """A table of every gateway and node: state, firmware, last seen, health."""
+    store = _open(db, create=False)
+    try:
+        rows = fleet_rows(store.gateways(), store.nodes(), store.message_counts(), int(time.time() * 1000),
+                          int(stale_after_s * 1000))
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(rows, sort_keys=True))
+        return
+    now_ms = int(time.time() * 1000)
+    table = Table(title=f"fleet ({sum(r['kind'] == 'gateway' for r in rows)} gateways, "
+                        f"{sum(r['kind'] == 'node' for r in rows)} nodes)")
+    for name, justify in (("gateway", "left"), ("node", "left"), ("state", "left"), ("firmware", "left"),
+                          ("last seen", "right"), ("seq", "right"), ("messages", "right"), ("heap", "right"),
+                          ("RSSI", "right"), ("buffer", "right"), ("note", "left")):
+        table.add_column(name, justify=justify)
+    for r in rows:
+        style = STATE_STYLE.get(r["state"], "")
+        is_node = r["kind"] == "node"
+        note = (r["error"] or "") if is_node else ""
+        table.add_row(
+            "" if is_node else f"[bold]{r['gw']}[/]", r["node"] or "", f"[{style}]{r['state']}[/]", r["fw"] or "-",
+            _age(now_ms, r["last_seen_ms"]), str(r["seq"]) if r["seq"] >= 0 else "-", str(r["messages"]),
+            f"{r['heap_free_b'] // 1024} KiB" if is_node and r["heap_free_b"] is not None else "",
+            f"{r['rssi_dbm']} dBm" if is_node and r["rssi_dbm"] is not None else "",
+            f"{r['buf_depth']} ({r['buf_dropped']} lost)" if is_node and r["buf_depth"] is not None else "",
+            note)
+    Console().print(table)  # created here so it measures the terminal it prints to
