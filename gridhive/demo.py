@@ -33,9 +33,8 @@ def _table(nodes, snap, elapsed_s, duration_s, broker_kind, events) -> Table:
         online = snap["online"].get(node.node_id, {}).get("online")
         if tele:
             mains, ev = tele["ch"][0], tele["ch"][1]
-            sign = -1 if mains["dir"] == "export" else 1
             relay = tele["relays"][0]
-            row = [f"{sign * mains['power_w']:+d}", f"{(tele['vrms_mv'] or 0) / 1000:.1f}",
+            row = [f"{mains['power_w']:+d}", f"{(tele['vrms_mv'] or 0) / 1000:.1f}",
                    ("[green]on[/]" if relay["on"] else "off") + (f" [red]{relay['trip']}[/]" if relay["trip"] else ""),
                    f"{ev['irms_ma'] / 1000:.1f}", str(mains["energy_in_wh"]), str(mains["energy_out_wh"])]
         else:

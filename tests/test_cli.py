@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,36 @@ def test_bench_device_reports_json_measured_under_micropython():
     figures = json.loads(out.stdout)
     assert figures["loop_alloc_bytes"] == 0
     assert 0 < figures["us_per_sample"] < 1000
+
+
+@pytest.mark.broker
+def test_virtual_nodes_from_the_command_line_publish_to_a_real_broker(mosquitto, tmp_path):
+    from gridhive.hardware.receiver import NodeReceiver
+
+    state = tmp_path / "nodes"
+    proc = subprocess.Popen(GRIDHIVE + ["node", "--virtual", "--count", "2", "--broker",
+                                        f"{mosquitto.host}:{mosquitto.port}", "--state-dir", str(state),
+                                        "--duration-s", "25"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(list(state.glob("*/config.json"))) < 2:
+            time.sleep(0.1)
+        secrets = {p.parent.name: bytes.fromhex(json.loads(p.read_text())["secret_hex"])
+                   for p in state.glob("*/config.json")}
+        assert sorted(secrets) == ["vnode-1", "vnode-2"]
+        receiver = NodeReceiver(mosquitto.host, mosquitto.port, secrets, client_id="cli-test")
+        receiver.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            latest = receiver.snapshot()["latest"]
+            if all("tele" in latest.get(n, {}) for n in secrets):
+                break
+            time.sleep(0.2)
+        receiver.stop()
+        snap = receiver.snapshot()
+        assert all("tele" in snap["latest"].get(n, {}) for n in secrets), snap
+        assert snap["rejected"] == {}
+    finally:
+        proc.terminate()
+        proc.wait(10)
