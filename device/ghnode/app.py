@@ -65,12 +65,7 @@ class Node:
         self._setup_measurement(cfg)
         self._setup_relays(cfg)
 
-        mq = cfg["mqtt"]
-        self.link = Link(self.node_id, mq["host"], mq["port"],
-                         wifi=board.wifi(cfg["wifi"]["ssid"], cfg["wifi"]["password"]),
-                         birth=lambda: self._status(True), will=lambda: self._status(False),
-                         keepalive_s=mq["keepalive_s"], user=mq["user"], password=mq["password"],
-                         ssl=board.tls() if mq["tls"] else None)
+        self.link = make_link(board, cfg, self.boot_id, self.secret)
         self.link.on_message = self._on_message
         self.link.subscribe(wire.topic(self.node_id, "ack"))
         self.link.subscribe(wire.topic(self.node_id, "cmd"))
@@ -265,24 +260,14 @@ class Node:
 
     # --- messages out ----------------------------------------------------------------------------
 
-    def _origin(self, kind):
-        unix_ms = self.board.unix_ms()
-        return {"v": wire.VERSION, "t": kind, "node": self.node_id, "boot": self.boot_id,
-                "seq": self.seqs.next_seq(), "ts_ms": unix_ms if unix_ms is not None else self.now_ms,
-                "synced": unix_ms is not None}
-
     def _emit(self, kind, fields):
         """Sign a message and put it in the flash buffer; _send_pending() publishes it."""
-        msg = self._origin(kind)
+        msg = origin(self.board, kind, self.node_id, self.boot_id, self.seqs.next_seq(), self.now_ms)
         msg.update(fields)
         payload = wire.encode(msg, self.secret)
         # The buffer entry carries its topic kind, so sending needs no JSON parsing.
         self.buf.append(msg["seq"], kind.encode() + b" " + payload)
         return msg["seq"]
-
-    def _status(self, online):
-        msg = {"v": wire.VERSION, "t": "status", "node": self.node_id, "boot": self.boot_id, "online": online}
-        return wire.encode(msg, self.secret)
 
     def _link_changes(self, now):
         up = self.link.up
@@ -357,6 +342,25 @@ class Node:
         self._emit("reply", reply)
 
 
+def origin(board, kind, node_id, boot_id, seq, uptime_ms):
+    """The fields every node-originated message starts with (docs/PROTOCOL.md)."""
+    unix_ms = board.unix_ms()
+    return {"v": wire.VERSION, "t": kind, "node": node_id, "boot": boot_id, "seq": seq,
+            "ts_ms": unix_ms if unix_ms is not None else uptime_ms, "synced": unix_ms is not None}
+
+
+def make_link(board, cfg, boot_id, secret):
+    """The MQTT link of a node, with its signed retained birth and last-will status messages."""
+    def status(online):
+        return wire.encode({"v": wire.VERSION, "t": "status", "node": cfg["node_id"], "boot": boot_id,
+                            "online": online}, secret)
+
+    mq = cfg["mqtt"]
+    return Link(cfg["node_id"], mq["host"], mq["port"], wifi=board.wifi(cfg["wifi"]["ssid"], cfg["wifi"]["password"]),
+                birth=lambda: status(True), will=lambda: status(False), keepalive_s=mq["keepalive_s"],
+                user=mq["user"], password=mq["password"], ssl=board.tls() if mq["tls"] else None)
+
+
 def health(board, link, buf, fw, safe_mode, error, uptime_ms, counters):
     """The fields of a health message (without the origin fields)."""
     return {"heap_free_b": board.heap_free(), "uptime_s": uptime_ms // 1000,
@@ -398,17 +402,7 @@ class SafeMode:
             self.state = NodeState(board.root + "/state.json")
             self.boot_id = self.state.boot()
             self.seqs = SeqAllocator(self.state)
-            mq = self.cfg["mqtt"]
-            self.link = Link(self.cfg["node_id"], mq["host"], mq["port"],
-                             wifi=board.wifi(self.cfg["wifi"]["ssid"], self.cfg["wifi"]["password"]),
-                             birth=lambda: self._status(True), will=lambda: self._status(False),
-                             keepalive_s=mq["keepalive_s"], user=mq["user"], password=mq["password"],
-                             ssl=board.tls() if mq["tls"] else None)
-
-    def _status(self, online):
-        msg = {"v": wire.VERSION, "t": "status", "node": self.cfg["node_id"], "boot": self.boot_id,
-               "online": online}
-        return wire.encode(msg, self.secret)
+            self.link = make_link(board, self.cfg, self.boot_id, self.secret)
 
     def step(self):
         t = self.board.ticks_ms()
@@ -426,10 +420,7 @@ class SafeMode:
             self.link.poll(now)
             if self.link.up and now >= self._next_report:
                 self._next_report = now + 60000
-                unix_ms = self.board.unix_ms()
-                msg = {"v": wire.VERSION, "t": "health", "node": self.cfg["node_id"], "boot": self.boot_id,
-                       "seq": self.seqs.next_seq(), "ts_ms": unix_ms if unix_ms is not None else now,
-                       "synced": unix_ms is not None}
+                msg = origin(self.board, "health", self.cfg["node_id"], self.boot_id, self.seqs.next_seq(), now)
                 msg.update(health(self.board, self.link, None, self.fw, True, self.error, now, {}))
                 self.link.publish(wire.topic(self.cfg["node_id"], "health"), wire.encode(msg, self.secret))
 
