@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gridhive.controller.cli import app as ctl_app
+from gridhive.market.cli import app as market_app
 
 app = typer.Typer(
     help="gridhive: edge firmware and fleet controller for local energy communities.",
@@ -68,6 +69,7 @@ flash_app = typer.Typer(help="Installer tools: provision node configs and build 
                         no_args_is_help=True)
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(ctl_app, name="ctl")
+ctl_app.add_typer(market_app, name="market")
 app.add_typer(flash_app, name="flash")
 app.add_typer(hil_app, name="hil")
 

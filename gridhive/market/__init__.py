@@ -4,8 +4,8 @@ Shared by the controller's market loop and the ledger's validators, which re-exe
 settlement and compare canonical bytes. No I/O here. Rules: docs/MARKET.md.
 """
 from .arith import div_half_even
-from .clearing import (ClearingResult, OrderBook, RoundState, clear, marginal_price, mean_bid_price,
-                       sort_bids, sort_offers)
+from .clearing import (ClearingResult, DepthLevel, OrderBook, RoundState, book_depth, clear,
+                       marginal_price, mean_bid_price, sort_bids, sort_offers)
 from .codec import canonical_bytes, digest, from_plain, to_plain
 from .model import (DSO, ESCROW, UTILITY, BookRules, Community, ConfigError, EnergyRequest, Feeder,
                     MarketConfig, MarketError, Mechanism, Member, Order, OrderError, PriceRule,
@@ -20,11 +20,11 @@ from .settlement import (CommunityReport, GroupReduction, IntervalSettlement, Se
 
 __all__ = [
     "DSO", "ESCROW", "UTILITY", "BookRules", "ClearingResult", "Community", "CommunityReport",
-    "ConfigError", "ConnectionLimits", "EnergyRequest", "Feeder", "GroupReduction",
+    "ConfigError", "ConnectionLimits", "DepthLevel", "EnergyRequest", "Feeder", "GroupReduction",
     "IntervalSettlement", "MarketConfig", "MarketError", "Mechanism", "Member", "NetworkCheck",
     "Order", "OrderBook", "OrderError", "PriceRule", "RequestSettlement", "RoundState",
     "SettlementError", "Side", "Statement", "Trade", "TradeKind", "Transfer", "TransferKind",
-    "canonical_bytes", "clear", "community_report", "deposit", "digest",
+    "book_depth", "canonical_bytes", "clear", "community_report", "deposit", "digest",
     "div_half_even", "escrow_milli_minor", "filled_wh", "from_plain", "marginal_price",
     "mean_bid_price", "money_balances", "sort_bids", "sort_offers", "period_of", "reduction_bp",
     "reference_cost_milli_minor", "remaining_wh", "settle_interval", "settle_request",

@@ -7,10 +7,12 @@ on their order.
 """
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from enum import StrEnum
-from operator import itemgetter
-from typing import Iterable, Sequence
+from itertools import accumulate, compress, repeat
+from operator import add, and_, itemgetter, mul, rshift, sub
+from typing import Iterable, NamedTuple, Sequence
 
 from .arith import div_half_even
 from .model import (BookRules, Community, EnergyRequest, MarketConfig, Mechanism, Order, OrderError,
@@ -40,27 +42,64 @@ class ClearingResult:
         return sum(t.welfare_milli_minor for t in self.trades)
 
 
+_PRICE_FIELD, _TS_FIELD = Order._fields.index("price_minor_per_kwh"), Order._fields.index("ts_ms")
 _by_id = itemgetter(Order._fields.index("order_id"))
-_by_ts = itemgetter(Order._fields.index("ts_ms"))
-_by_price = itemgetter(Order._fields.index("price_minor_per_kwh"))
+_member = itemgetter(Order._fields.index("member_id"))
+_energy = itemgetter(Order._fields.index("energy_wh"))
+_price = itemgetter(_PRICE_FIELD)
+_ts = itemgetter(_TS_FIELD)
+_trade_energy = itemgetter(Trade._fields.index("energy_wh"))
+
+
+def _merit_sort(orders: list[Order], price_sign: int) -> None:
+    """Sort in place by (price_sign * price, ts_ms, order id).
+
+    Two stable passes: by id, then by one integer packing price and time of entry. Packed
+    relative to the book's smallest values, the key usually stays below 2**30, where CPython
+    compares ints fastest (100k bids: 47 ms, vs 54 ms for a pass per field and 134 ms for one
+    tuple key).
+    """
+    if len(orders) < 2:
+        return
+    ts = list(map(_ts, orders))  # before sorting: reading in input order is cache-friendlier
+    first_ms, width = min(ts), max(ts) - min(ts) + 1
+    prices = list(map(_price, orders))
+    base = min(prices) if price_sign > 0 else -max(prices)
+    orders.sort(key=_by_id)
+    price_at, ts_at = _PRICE_FIELD, _TS_FIELD
+    orders.sort(key=lambda o: (price_sign * o[price_at] - base) * width + o[ts_at] - first_ms)
 
 
 def sort_bids(bids: list[Order]) -> None:
-    """Merit order of bids, in place: price descending, then ts_ms, then order id.
-
-    Three stable passes, least significant key first (3x faster than one tuple key; Python's
-    sort stays stable with reverse=True).
-    """
-    bids.sort(key=_by_id)
-    bids.sort(key=_by_ts)
-    bids.sort(key=_by_price, reverse=True)
+    """Merit order of bids, in place: price descending, then ts_ms, then order id."""
+    _merit_sort(bids, -1)
 
 
 def sort_offers(offers: list[Order]) -> None:
     """Merit order of offers, in place: price ascending, then ts_ms, then order id."""
-    offers.sort(key=_by_id)
-    offers.sort(key=_by_ts)
-    offers.sort(key=_by_price)
+    _merit_sort(offers, 1)
+
+
+class DepthLevel(NamedTuple):
+    price_minor_per_kwh: int
+    bid_wh: int           # bids at exactly this price
+    offer_wh: int         # offers at exactly this price
+    demand_wh: int        # bids at this price or higher: what buyers take at this price
+    supply_wh: int        # offers at this price or lower: what sellers give at this price
+
+
+def book_depth(orders: Iterable[Order]) -> list[DepthLevel]:
+    """Order-book depth per price level, lowest price first."""
+    bid_wh: dict[int, int] = {}
+    offer_wh: dict[int, int] = {}
+    for order in orders:
+        side = bid_wh if order.side == Side.BID else offer_wh
+        side[order.price_minor_per_kwh] = side.get(order.price_minor_per_kwh, 0) + order.energy_wh
+    prices = sorted(bid_wh.keys() | offer_wh.keys())
+    demand = list(accumulate(bid_wh.get(p, 0) for p in reversed(prices)))[::-1]
+    supply = list(accumulate(offer_wh.get(p, 0) for p in prices))
+    return [DepthLevel(p, bid_wh.get(p, 0), offer_wh.get(p, 0), d, s)
+            for p, d, s in zip(prices, demand, supply)]
 
 
 def fifo_key(order: Order):
@@ -85,10 +124,7 @@ def clear(orders: Iterable[Order], config: MarketConfig, community: Community,
                              f"request {request.request_id}")
         if remaining_wh:
             open_requests.append((request, remaining_wh))
-    bids, offers = [], []
-    for order in orders:
-        rules.admit(order)
-        (bids if order.side == Side.BID else offers).append(order)
+    bids, offers = rules.admit_book(orders)
     sort_bids(bids)
     sort_offers(offers)
 
@@ -97,8 +133,9 @@ def clear(orders: Iterable[Order], config: MarketConfig, community: Community,
     auction_trades, price = auction(bids, offers, config, community)
     trades += auction_trades
 
+    limits = ConnectionLimits(config, community)
     curtailed_wh = 0
-    for check in (ConnectionLimits(config, community), *network_checks):
+    for check in ([limits] if limits.any_limit else []) + list(network_checks):
         trades, cut_wh = _apply_check(check, trades, interval_start_ms)
         curtailed_wh += cut_wh
     return ClearingResult(interval_start_ms, config.mechanism, price, tuple(trades), curtailed_wh)
@@ -109,6 +146,8 @@ def _apply_check(check: NetworkCheck, trades: list[Trade], interval_start_ms: in
     if len(admitted) != len(trades):
         raise RuntimeError(f"{type(check).__name__} returned {len(admitted)} volumes "
                            f"for {len(trades)} trades")
+    if admitted == list(map(_trade_energy, trades)) and set(map(type, admitted)) <= {int}:
+        return trades, 0  # nothing curtailed (== alone would accept 1.0 or True for 1)
     kept, cut_wh = [], 0
     for trade, energy_wh in zip(trades, admitted):
         if type(energy_wh) is not int or not 0 <= energy_wh <= trade.energy_wh:
@@ -156,65 +195,88 @@ def _trade(bid_id: str, buyer_id: str, bid_price: int, offer: Order, energy_wh: 
                  bid_price, offer.price_minor_per_kwh, kind)
 
 
-def _walk(bids: Sequence[Order], offers: Sequence[Order], check_price: bool = True):
-    """Pair the sorted sides in order; each pair trades the smaller remaining volume.
+def _merit_pairs(bids: Sequence[Order], offers: Sequence[Order], check_price: bool = True):
+    """The merit-order walk: pair the sorted sides in order, each pair trading the smaller
+    remaining volume. Returns columns (bid index, offer index, energy_wh), one row per pair.
 
-    Yields (bid, offer, energy_wh). With `check_price` it stops where the best remaining bid is
-    below the best remaining offer: the welfare-maximising quantity of the merit order. A
-    generator, so large books do not hold a second list of pairs (garbage-collector load).
+    With `check_price` it stops where the best remaining bid is below the best remaining offer:
+    the welfare-maximising quantity of the merit order. Computed on cumulative volume with
+    C-level builtins instead of a Python step per pair (100k orders a side: 84 ms, vs 152 ms
+    for the two generator passes of the uniform auction before).
     """
     if not bids or not offers:
-        return
-    i = j = 0
-    bid, offer = bids[0], offers[0]
-    bid_left, offer_left = bid.energy_wh, offer.energy_wh
-    while not check_price or bid.price_minor_per_kwh >= offer.price_minor_per_kwh:
-        energy_wh = bid_left if bid_left < offer_left else offer_left
-        yield bid, offer, energy_wh
-        bid_left -= energy_wh
-        offer_left -= energy_wh
-        if not bid_left:
-            i += 1
-            if i == len(bids):
-                return
-            bid = bids[i]
-            bid_left = bid.energy_wh
-        if not offer_left:
-            j += 1
-            if j == len(offers):
-                return
-            offer = offers[j]
-            offer_left = offer.energy_wh
+        return [], [], []
+    bid_end_wh = list(accumulate(map(_energy, bids)))
+    offer_end_wh = list(accumulate(map(_energy, offers)))
+    volume_wh = min(bid_end_wh[-1], offer_end_wh[-1])
+    if check_price:
+        # Bid prices fall and offer prices rise along the volume, so bisect for the first Wh
+        # whose bid is below its offer.
+        low, high = 0, volume_wh
+        while low < high:
+            mid = (low + high) // 2
+            if (bids[bisect_right(bid_end_wh, mid)].price_minor_per_kwh
+                    < offers[bisect_right(offer_end_wh, mid)].price_minor_per_kwh):
+                high = mid
+            else:
+                low = mid + 1
+        volume_wh = low
+    if not volume_wh:
+        return [], [], []
+    # Pairs end where either side's cumulative volume does. Tagged 2*v (a bid ends at v) or
+    # 2*v + 1 (an offer does), one sort merges the two sorted runs in linear time and keeps whose
+    # order ended; a bid and an offer ending together leave an empty pair, dropped below.
+    tagged = sorted([*map(mul, bid_end_wh[:bisect_left(bid_end_wh, volume_wh)], repeat(2)),
+                     *map(add, map(mul, offer_end_wh[:bisect_left(offer_end_wh, volume_wh)],
+                                   repeat(2)), repeat(1)),
+                     2 * volume_wh])
+    ends = list(map(rshift, tagged, repeat(1)))
+    energy_wh = list(map(sub, ends, [0, *ends[:-1]]))
+    offer_index = [0, *accumulate(map(and_, tagged[:-1], repeat(1)))]  # offers ended before
+    bid_index = list(map(sub, range(len(ends)), offer_index))           # the rest are bids
+    if 0 in energy_wh:
+        return (list(compress(bid_index, energy_wh)), list(compress(offer_index, energy_wh)),
+                list(compress(energy_wh, energy_wh)))
+    return bid_index, offer_index, energy_wh
 
 
-def _pairs_to_trades(pairs, price_of, config: MarketConfig, community: Community) -> list[Trade]:
-    members = community.by_id
+def _pairs_to_trades(bids: Sequence[Order], offers: Sequence[Order], pairs, prices,
+                     config: MarketConfig, community: Community) -> list[Trade]:
+    """Trades from `_merit_pairs` columns; `prices(bid_prices, offer_prices)` maps their prices.
+
+    Built with map/zip over the index columns. The per-field iterators advance in lockstep
+    inside one zip, so each order is read while it is still in the CPU cache. (About as fast as
+    a Python loop per trade: the cost is building the tuples, ~1.3 us a trade here.)
+    """
+    bid_index, offer_index, energy_wh = pairs
+
+    def bid_field(getter):
+        return map(getter, map(bids.__getitem__, bid_index))
+
+    def offer_field(getter):
+        return map(getter, map(offers.__getitem__, offer_index))
+
     same, cross = config.fee_same_feeder_minor_per_kwh, config.fee_cross_feeder_minor_per_kwh
-    new_trade = tuple.__new__  # hot loop: Trade's generated __new__ costs a Python call per trade
-    order_kind = TradeKind.ORDER
-    trades = []
-    append = trades.append
-    for bid, offer, energy_wh in pairs:
-        buyer, seller = bid.member_id, offer.member_id
-        fee = same
-        if same != cross and members[buyer].feeder_id != members[seller].feeder_id:
-            fee = cross
-        bid_price, offer_price = bid.price_minor_per_kwh, offer.price_minor_per_kwh
-        append(new_trade(Trade, (bid.order_id, offer.order_id, buyer, seller, energy_wh,
-                                 price_of(bid_price, offer_price), fee, bid_price, offer_price,
-                                 order_kind)))
-    return trades
+    if same == cross:
+        fees = repeat(same)
+    else:
+        feeder = {m.member_id: m.feeder_id for m in community.members}
+        fees = map(lambda b, s: same if feeder[b] == feeder[s] else cross,
+                   bid_field(_member), offer_field(_member))
+    rows = zip(bid_field(_by_id), offer_field(_by_id), bid_field(_member), offer_field(_member),
+               energy_wh, prices(bid_field(_price), offer_field(_price)), fees,
+               bid_field(_price), offer_field(_price), repeat(TradeKind.ORDER))
+    return list(map(tuple.__new__, repeat(Trade), rows))
 
 
 def _uniform(bids, offers, config, community):
-    last = None
-    for last in _walk(bids, offers):  # first pass: find the marginal pair, keep nothing
-        pass
-    if last is None:
+    pairs = _merit_pairs(bids, offers)
+    if not pairs[0]:
         return [], None
-    last_bid, last_offer, _ = last
+    last_bid, last_offer = bids[pairs[0][-1]], offers[pairs[1][-1]]
     price = marginal_price(last_bid.price_minor_per_kwh, last_offer.price_minor_per_kwh, config)
-    return _pairs_to_trades(_walk(bids, offers), lambda b, a: price, config, community), price
+    return _pairs_to_trades(bids, offers, pairs, lambda b, a: repeat(price), config,
+                            community), price
 
 
 def marginal_price(bid_price: int, offer_price: int, config: MarketConfig) -> int:
@@ -226,11 +288,16 @@ def marginal_price(bid_price: int, offer_price: int, config: MarketConfig) -> in
 
 
 def _pay_as_bid(bids, offers, config, community):
-    return _pairs_to_trades(_walk(bids, offers), lambda b, a: b, config, community), None
+    return _pairs_to_trades(bids, offers, _merit_pairs(bids, offers), lambda b, a: b, config,
+                            community), None
+
+
+def _midpoints(bid_prices, offer_prices):
+    return map(div_half_even, map(add, bid_prices, offer_prices), repeat(2))
 
 
 def _pairwise_midpoint(bids, offers, config, community):
-    return _pairs_to_trades(_walk(bids, offers), lambda b, a: div_half_even(b + a, 2), config,
+    return _pairs_to_trades(bids, offers, _merit_pairs(bids, offers), _midpoints, config,
                             community), None
 
 
@@ -252,8 +319,9 @@ def _mean_bid(bids, offers, config, community):
         return [], None
     eligible_bids = [b for b in bids if b.price_minor_per_kwh >= price]
     eligible_offers = sorted((o for o in offers if o.price_minor_per_kwh <= price), key=fifo_key)
-    pairs = _walk(eligible_bids, eligible_offers, check_price=False)
-    return _pairs_to_trades(pairs, lambda b, a: price, config, community), price
+    pairs = _merit_pairs(eligible_bids, eligible_offers, check_price=False)
+    return _pairs_to_trades(eligible_bids, eligible_offers, pairs, lambda b, a: repeat(price),
+                            config, community), price
 
 
 _MECHANISMS = {

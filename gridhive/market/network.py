@@ -44,6 +44,11 @@ class ConnectionLimits:
         self._feeder_export_wh = {f.feeder_id: limit_wh(f.max_export_w)
                                   for f in community.feeders if f.max_export_w is not None}
 
+    @property
+    def any_limit(self) -> bool:
+        return bool(self._member_import_wh or self._member_export_wh or self._feeder_import_wh
+                    or self._feeder_export_wh)
+
     def admit_wh(self, trades: Sequence[Trade], interval_start_ms: int) -> list[int]:
         members = self._community.by_id
         member_import, member_export = dict(self._member_import_wh), dict(self._member_export_wh)
