@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gridhive.controller.cli import app as ctl_app
+from gridhive.gateway.cli import app as gateway_app
 from gridhive.market.cli import app as market_app
 
 app = typer.Typer(
@@ -61,8 +62,6 @@ def node(
                                        duration_s=duration_s, console=console))
 
 
-gateway_app = typer.Typer(help="Gateway service on the Raspberry Pi (ingest, storage, meter, agent, validator).",
-                          invoke_without_command=True)
 hil_app = typer.Typer(help="Hardware-in-the-loop rig: the same tests against real boards or a simulated rig.",
                       invoke_without_command=True)
 flash_app = typer.Typer(help="Installer tools: provision node configs and build firmware bundles for ESP32 nodes.",
@@ -72,12 +71,6 @@ app.add_typer(ctl_app, name="ctl")
 ctl_app.add_typer(market_app, name="market")
 app.add_typer(flash_app, name="flash")
 app.add_typer(hil_app, name="hil")
-
-
-@gateway_app.callback()
-def _gateway(ctx: typer.Context):
-    if ctx.invoked_subcommand is None:
-        _not_yet("The gateway service")
 
 
 @hil_app.callback()

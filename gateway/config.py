@@ -1,0 +1,444 @@
+"""gateway.toml: read with tomllib, validated at start-up, overridable from the environment.
+
+Every problem raises ConfigError naming the dotted key (`uplink.port: expected an integer
+1-65535, got 70000`), so a gateway with a bad config fails at once and says why. Unknown keys are
+errors that list the valid ones: a typo such as `uplink.prot` is never silently ignored.
+
+Environment variables override scalar keys for containers: GRIDHIVE_GATEWAY__UPLINK__PORT=8884
+sets `uplink.port`. The value is read as a TOML value when it parses as one (8884, true, "x"),
+else taken as a plain string.
+
+The node registry (node id -> secret, household, circuits, relays) lives under `[nodes.<id>]`,
+either in gateway.toml or in the file named by `gateway.registry_file`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "GRIDHIVE_GATEWAY__"
+NODE_ID = re.compile(r"^[a-z0-9-]{1,32}$")
+GATEWAY_ID = re.compile(r"^[a-z0-9-]{1,32}$")
+CIRCUIT_NAME = re.compile(r"^[a-z0-9_-]{1,24}$")
+MAX_CHANNELS = 8
+MAX_RELAYS = 8
+# Broker user names the ACL gives wider rights; a node must not be able to take one of them.
+RESERVED_USERS = ("gateway", "homeassistant")
+
+
+class ConfigError(ValueError):
+    """A config problem. `key` is the dotted path of the bad key, or None for the whole file."""
+
+    def __init__(self, key: str | None, message: str):
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+# --- the declarative schema -----------------------------------------------------------------
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Key:
+    kind: str  # "int", "float", "bool", "str", "path"
+    default: Any = REQUIRED
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple = ()
+    pattern: re.Pattern | None = None
+    nullable: bool = False
+
+
+def _int(default=REQUIRED, lo=None, hi=None):
+    return Key("int", default, lo, hi)
+
+
+def _str(default=REQUIRED, choices=(), pattern=None, nullable=False):
+    return Key("str", default, choices=choices, pattern=pattern, nullable=nullable)
+
+
+def _path(default=None):
+    return Key("path", default, nullable=True)
+
+
+def _bool(default):
+    return Key("bool", default)
+
+
+SECTIONS: dict[str, dict[str, Key]] = {
+    "gateway": {
+        "id": _str(pattern=GATEWAY_ID),
+        "data_dir": Key("path", "."),
+        "registry_file": _path(),
+        "log_level": _str("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    },
+    # The local Mosquitto the nodes talk to.
+    "broker": {
+        "host": _str("127.0.0.1"),
+        "port": _int(1883, 1, 65535),
+        "user": _str("gateway", pattern=re.compile(r"^[A-Za-z0-9_-]{1,64}$")),
+        "password": _str("", nullable=True),
+        "client_id": _str("", nullable=True),
+        "keepalive_s": _int(30, 5, 3600),
+        # "3.1.1" for brokers without MQTT 5 (the demo's amqtt): no manual acks, so a crashed
+        # gateway's unstored messages come back from the nodes' flash instead of the broker.
+        "mqtt_version": _str("5", choices=("5", "3.1.1")),
+        # What `mosquitto-config` writes for the broker itself.
+        "listen_host": _str("0.0.0.0"),
+        "tls_port": _int(8883, 1, 65535),
+        "tls_cert_file": _path(),
+        "tls_key_file": _path(),
+        "tls_ca_file": _path(),
+        "max_queued_messages": _int(100000, 100, 10_000_000),
+    },
+    "ingest": {
+        "ack_batch_ms": _int(100, 5, 5000),
+        "commit_max_messages": _int(2000, 1, 100000),
+        "max_future_ms": _int(300_000, 0, 86_400_000),
+        "max_power_w": _int(100_000, 1, 10_000_000),
+        "line_voltage_v": _int(400, 1, 1000),
+        "rating_factor": Key("float", 1.5, 1.0, 10.0),
+        "reject_log_interval_s": _int(60, 1, 86400),
+    },
+    "storage": {
+        "path": _path(),  # default: <gateway.data_dir>/gateway.sqlite3
+        "raw_retention_days": _int(7, 1, 3650),
+        "minute_retention_days": _int(90, 1, 3650),
+        "interval_retention_days": _int(0, 0, 36500),  # 0 = keep forever
+        "interval_minutes": Key("int", 15, choices=(5, 10, 15, 30, 60)),
+        "synchronous": _str("FULL", choices=("FULL", "NORMAL")),
+        "prune_interval_s": _int(3600, 1, 86400),
+    },
+    "uplink": {
+        "enabled": _bool(True),
+        "host": _str("127.0.0.1"),
+        "port": _int(8883, 1, 65535),
+        "tls": _bool(True),
+        "ca_file": _path(),
+        "cert_file": _path(),
+        "key_file": _path(),
+        "user": _str("", nullable=True),
+        "password": _str("", nullable=True),
+        "keepalive_s": _int(30, 5, 3600),
+        "batch_items": _int(100, 1, 100),
+        "max_inflight_batches": _int(16, 1, 1000),
+        "retry_s": _int(10, 1, 3600),
+        "status_interval_s": _int(60, 1, 86400),
+    },
+    "http": {
+        "enabled": _bool(True),
+        "host": _str("127.0.0.1"),
+        "port": _int(8080, 0, 65535),  # 0 = any free port (tests)
+    },
+    "commands": {
+        "timeout_s": Key("float", 10.0, 0.1, 600.0),
+    },
+    "homeassistant": {
+        "enabled": _bool(True),
+        "discovery_prefix": _str("homeassistant", pattern=re.compile(r"^[A-Za-z0-9_-]{1,64}$")),
+        "state_prefix": _str("gridhive", pattern=re.compile(r"^[A-Za-z0-9_-]{1,64}$")),
+        "user": _str("homeassistant", pattern=re.compile(r"^[A-Za-z0-9_-]{1,64}$")),
+        "password": _str("", nullable=True),
+    },
+    "gpio": {
+        "enabled": _bool(False),
+        "led_pin": _int(17, 0, 53),
+        "button_pin": _int(27, 0, 53),
+        "pin_factory": _str("", choices=("", "mock")),
+    },
+}
+
+NODE_KEYS: dict[str, Key] = {
+    "secret_hex": _str(pattern=re.compile(r"^[0-9a-fA-F]{64}$")),
+    "household": _str(pattern=re.compile(r"^[A-Za-z0-9_-]{1,64}$")),
+    "mqtt_password": _str(None, nullable=True),
+}
+CHANNEL_KEYS: dict[str, Key] = {
+    "n": _int(lo=0, hi=MAX_CHANNELS - 1),
+    "name": _str(pattern=CIRCUIT_NAME),
+    "rating_a": Key("float", None, 0.1, 1000.0, nullable=True),
+    "grid": _bool(False),
+}
+RELAY_KEYS: dict[str, Key] = {
+    "n": _int(lo=0, hi=MAX_RELAYS - 1),
+    "name": _str(pattern=CIRCUIT_NAME),
+}
+
+
+def _describe(spec: Key) -> str:
+    if spec.choices:
+        return "one of " + ", ".join(repr(c) for c in spec.choices)
+    what = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+            "path": "a path string"}[spec.kind]
+    if spec.lo is not None and spec.hi is not None:
+        what += f" {spec.lo:g}-{spec.hi:g}"
+    elif spec.lo is not None:
+        what += f" >= {spec.lo:g}"
+    if spec.pattern is not None:
+        what += f" matching {spec.pattern.pattern}"
+    return what
+
+
+def _check(key: str, spec: Key, value: Any, base_dir: Path) -> Any:
+    if value is None and spec.nullable:
+        return None
+    bad = ConfigError(key, f"expected {_describe(spec)}, got {value!r}")
+    if spec.kind == "int":
+        # TOML gives real ints; reject true/false and 1.0, which Python would treat as ints.
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise bad
+    elif spec.kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        value = float(value)
+    elif spec.kind == "bool":
+        if not isinstance(value, bool):
+            raise bad
+    elif not isinstance(value, str):
+        raise bad
+    if spec.choices and value not in spec.choices:
+        raise bad
+    if spec.lo is not None and value < spec.lo or spec.hi is not None and value > spec.hi:
+        raise bad
+    if spec.pattern is not None and not spec.pattern.match(value):
+        raise bad
+    if spec.kind == "path":
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (base_dir / path)
+    return value
+
+
+def _table(key: str, raw: Any, specs: Mapping[str, Key], base_dir: Path) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(key, f"expected a table, got {raw!r}")
+    unknown = sorted(set(raw) - set(specs))
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}" if key else unknown[0],
+                          "unknown key; valid keys: " + ", ".join(sorted(specs)))
+    out = {}
+    for name, spec in specs.items():
+        dotted = f"{key}.{name}" if key else name
+        if name not in raw:
+            if spec.default is REQUIRED:
+                raise ConfigError(dotted, "missing (required)")
+            out[name] = _check(dotted, spec, spec.default, base_dir) if spec.default is not None else None
+        else:
+            out[name] = _check(dotted, spec, raw[name], base_dir)
+    return out
+
+
+# --- the typed result -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Channel:
+    n: int
+    name: str
+    rating_a: float | None = None
+    grid: bool = False  # this CT measures the household's grid connection point
+
+
+@dataclass(frozen=True)
+class Relay:
+    n: int
+    name: str
+
+
+@dataclass(frozen=True)
+class NodeEntry:
+    node_id: str
+    secret: bytes
+    household: str
+    channels: Mapping[int, Channel] = field(default_factory=dict)
+    relays: Mapping[int, Relay] = field(default_factory=dict)
+    mqtt_password: str | None = None
+
+    def channel_name(self, n: int) -> str:
+        ch = self.channels.get(n)
+        return ch.name if ch else f"ch{n}"
+
+
+class Registry:
+    """The nodes this gateway serves: node id -> NodeEntry."""
+
+    def __init__(self, nodes: Mapping[str, NodeEntry]):
+        self._nodes = dict(nodes)
+
+    def __contains__(self, node_id: str) -> bool:
+        return node_id in self._nodes
+
+    def __iter__(self):
+        return iter(self._nodes.values())
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def get(self, node_id: str) -> NodeEntry | None:
+        return self._nodes.get(node_id)
+
+    def secret_for(self, node_id: str) -> bytes | None:
+        entry = self._nodes.get(node_id)
+        return entry.secret if entry else None
+
+    def households(self) -> dict[str, list[NodeEntry]]:
+        out: dict[str, list[NodeEntry]] = {}
+        for entry in self._nodes.values():
+            out.setdefault(entry.household, []).append(entry)
+        return out
+
+
+@dataclass(frozen=True)
+class Section:
+    """A validated config section; keys are attributes (`cfg.uplink.port`)."""
+    values: Mapping[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    source: Path | None
+    gateway: Section
+    broker: Section
+    ingest: Section
+    storage: Section
+    uplink: Section
+    http: Section
+    commands: Section
+    homeassistant: Section
+    gpio: Section
+    registry: Registry
+
+    @property
+    def gateway_id(self) -> str:
+        return self.gateway.id
+
+    @property
+    def db_path(self) -> Path:
+        return self.storage.path or self.gateway.data_dir / "gateway.sqlite3"
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_env(raw: dict, env: Mapping[str, str]) -> dict:
+    """Overlay GRIDHIVE_GATEWAY__SECTION__KEY variables on the parsed TOML (a copy)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        if len(parts) != 2 or parts[0] not in SECTIONS or parts[1] not in SECTIONS[parts[0]]:
+            valid = ", ".join(f"{ENV_PREFIX}{s.upper()}__{k.upper()}" for s in SECTIONS for k in SECTIONS[s])
+            raise ConfigError(name, f"unknown override; valid variables: {valid}")
+        section = out.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise ConfigError(parts[0], f"expected a table, got {section!r}")
+        section[parts[1]] = _parse_env_value(env[name])
+    return out
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(None, f"no config at {path}: write one (see docs/GATEWAY.md)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(None, f"{path} is not valid TOML ({e})") from None
+
+
+def _items(key: str, raw: Any, specs: Mapping[str, Key], limit: int, base_dir: Path) -> list[dict]:
+    if not isinstance(raw, list) or len(raw) > limit:
+        raise ConfigError(key, f"expected a list of at most {limit} tables, got {raw!r}")
+    rows = [_table(f"{key}[{i}]", item, specs, base_dir) for i, item in enumerate(raw)]
+    for field_name in ("n", "name"):
+        seen: set = set()
+        for i, row in enumerate(rows):
+            if row[field_name] in seen:
+                raise ConfigError(f"{key}[{i}].{field_name}", f"duplicate value {row[field_name]!r}")
+            seen.add(row[field_name])
+    return rows
+
+
+def parse_registry(raw_nodes: Any, base_dir: Path, key: str = "nodes") -> Registry:
+    if not isinstance(raw_nodes, dict):
+        raise ConfigError(key, f"expected a table of [nodes.<id>] tables, got {raw_nodes!r}")
+    nodes = {}
+    for node_id, raw in raw_nodes.items():
+        where = f"{key}.{node_id}"
+        if not NODE_ID.match(node_id):
+            raise ConfigError(where, "node ids are 1-32 of a-z 0-9 -")
+        if node_id in RESERVED_USERS:
+            raise ConfigError(where, f"{node_id!r} is reserved for a broker user")
+        if not isinstance(raw, dict):
+            raise ConfigError(where, f"expected a table, got {raw!r}")
+        body = {k: v for k, v in raw.items() if k not in ("channels", "relays")}
+        values = _table(where, body, NODE_KEYS, base_dir)
+        secret = bytes.fromhex(values["secret_hex"])
+        if not any(secret):
+            raise ConfigError(f"{where}.secret_hex", "must not be all zero")
+        channels = _items(f"{where}.channels", raw.get("channels", []), CHANNEL_KEYS, MAX_CHANNELS, base_dir)
+        relays = _items(f"{where}.relays", raw.get("relays", []), RELAY_KEYS, MAX_RELAYS, base_dir)
+        nodes[node_id] = NodeEntry(
+            node_id=node_id, secret=secret, household=values["household"],
+            channels={c["n"]: Channel(**c) for c in channels},
+            relays={r["n"]: Relay(**r) for r in relays},
+            mqtt_password=values["mqtt_password"])
+    return Registry(nodes)
+
+
+def parse_config(raw: dict, base_dir: Path, source: Path | None = None,
+                 env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Validate an already-parsed TOML document (plus env overrides) into a GatewayConfig."""
+    raw = apply_env(raw, os.environ if env is None else env)
+    unknown = sorted(set(raw) - set(SECTIONS) - {"nodes"})
+    if unknown:
+        raise ConfigError(unknown[0], "unknown section; valid sections: " + ", ".join([*SECTIONS, "nodes"]))
+    sections = {name: Section(_table(name, raw.get(name, {}), specs, base_dir))
+                for name, specs in SECTIONS.items()}
+    registry_file = sections["gateway"].registry_file
+    if registry_file is not None:
+        if "nodes" in raw:
+            raise ConfigError("nodes", "nodes are listed both here and in gateway.registry_file; keep one")
+        reg_raw = _read_toml(registry_file)
+        extra = sorted(set(reg_raw) - {"nodes"})
+        if extra:
+            raise ConfigError(f"{registry_file}: {extra[0]}", "a registry file holds only [nodes.<id>] tables")
+        registry = parse_registry(reg_raw.get("nodes", {}), registry_file.parent, key=f"{registry_file.name}: nodes")
+    else:
+        registry = parse_registry(raw.get("nodes", {}), base_dir)
+    uplink = sections["uplink"]
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = uplink.values[name]
+        if uplink.enabled and path is not None and not path.exists():
+            raise ConfigError(f"uplink.{name}", f"{path} does not exist")
+    if (uplink.cert_file is None) != (uplink.key_file is None):
+        raise ConfigError("uplink.key_file", "cert_file and key_file go together (client certificate)")
+    broker = sections["broker"]
+    if (broker.tls_cert_file is None) != (broker.tls_key_file is None):
+        raise ConfigError("broker.tls_key_file", "tls_cert_file and tls_key_file go together")
+    if broker.user == sections["homeassistant"].user:
+        raise ConfigError("homeassistant.user", "must differ from broker.user")
+    return GatewayConfig(source=source, registry=registry, **sections)
+
+
+def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read, override and validate gateway.toml. Relative paths are relative to its folder."""
+    path = Path(path)
+    return parse_config(_read_toml(path), path.resolve().parent, source=path, env=env)
+

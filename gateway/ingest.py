@@ -1,0 +1,289 @@
+"""The ingest core: one MQTT message in, one Verdict out. No I/O.
+
+Order of checks, each with the reason it is counted by:
+1. topic `gh/<node>/<kind>` with a node-originated kind (`bad_topic`);
+2. `wire.decode` — size, JSON, schema, known node, HMAC (its WireError reasons: `too_large`,
+   `not_json`, `missing_mac`, `bad_mac`, `unknown_node`, ...);
+3. the topic names the node and type inside the signed message (`topic_mismatch`: a node must
+   not republish another node's message under its own topic);
+4. sequence: at or below the node's pruned floor (`replay`), already stored or pending
+   (outcome `duplicate`, normal after a reconnect: acknowledged again, stored once);
+5. content: channel/relay lists (`bad_schema`), negative counters (`negative_energy`), counters
+   lower than the last reading of the same boot (`counter_decreased`), power beyond what the
+   circuit can carry (`power_out_of_range`), a synced clock far ahead of ours (`future_timestamp`).
+
+Messages that fail step 1-3 are not the node's or not intact, and get no ack. A message that is
+authentic but fails 4-5 is acknowledged anyway and kept in quarantine: it came from the node and
+will never become valid, so leaving it unacknowledged would only make the node resend it forever.
+
+The core also keeps what the gateway knows of each node (last boot id, highest seq, counters)
+and turns counter increases into per-interval import/export energy (see gateway.energy).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ghnode import wire
+
+from .config import Registry
+from .energy import split_energy
+
+ACCEPTED = "accepted"
+DUPLICATE = "duplicate"
+REJECTED = "rejected"
+STATUS = "status"
+
+MAX_LIST = 8  # channels and relays per node (NODE_CONFIG)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_future_ms: int = 300_000
+    max_power_w: int = 100_000
+    line_voltage_v: int = 400
+    rating_factor: float = 1.5
+    interval_ms: int = 900_000
+
+    def power_limit_w(self, rating_a: float | None) -> float:
+        """The largest |power| a circuit can show: its clamp's rating with headroom at line
+        voltage (covers three-phase), and never more than the site limit."""
+        if rating_a is None:
+            return self.max_power_w
+        return min(self.max_power_w, self.rating_factor * rating_a * self.line_voltage_v)
+
+
+@dataclass
+class ChannelMark:
+    """The last accepted counter reading of one channel: the baseline for the next delta."""
+    seq: int
+    boot: int
+    time_ms: int
+    in_wh: int
+    out_wh: int
+
+
+@dataclass
+class NodeTrack:
+    max_seq: int = -1
+    floor_seq: int = -1  # every seq at or below this was stored and has since been pruned
+    boot: int | None = None  # the node's current boot id: acks and commands must name it
+    last_seen_ms: int | None = None
+    fw: str | None = None
+    online: bool | None = None
+    channels: dict[int, ChannelMark] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IntervalEnergy:
+    node: str
+    ch: int
+    start_ms: int
+    import_wh: int
+    export_wh: int
+
+
+@dataclass
+class Verdict:
+    outcome: str
+    node: str | None = None
+    reason: str | None = None
+    detail: str = ""
+    msg: dict | None = None
+    ack: bool = False  # acknowledge msg["seq"] to the node once stored
+    quarantine: bool = False  # store in quarantine (authentic but invalid)
+    time_ms: int = 0  # when the reading was taken, on the gateway's clock
+    energy: list[IntervalEnergy] = field(default_factory=list)
+    marks: dict[int, ChannelMark] = field(default_factory=dict)  # new counter baselines
+    counter_resets: int = 0
+
+
+class Ingest:
+    """Decides about every node message and keeps per-node state between messages.
+
+    `is_known(node, seq)` answers whether (node, seq) is already stored (or quarantined); it is
+    asked only for a seq at or below the node's highest, so the common path never leaves memory.
+    Call `stored()` after the accepted messages have been committed.
+    """
+
+    def __init__(self, registry: Registry, limits: Limits, is_known: Callable[[str, int], bool],
+                 tracks: dict[str, NodeTrack] | None = None):
+        self.registry = registry
+        self.limits = limits
+        self._is_known = is_known
+        self.tracks: dict[str, NodeTrack] = tracks if tracks is not None else {}
+        self._pending: dict[str, set[int]] = {}
+        self.accepted: Counter = Counter()  # by message type
+        self.rejected: Counter = Counter()  # by reason
+        self.duplicates = 0
+        self.counter_resets = 0
+
+    def track(self, node: str) -> NodeTrack:
+        return self.tracks.setdefault(node, NodeTrack())
+
+    def stored(self) -> None:
+        """The pending messages are committed: duplicates of them are now found in storage."""
+        self._pending.clear()
+
+    def receive(self, topic: str, payload: bytes, rx_ms: int) -> Verdict:
+        parsed = wire.parse_topic(topic)
+        if parsed is None or parsed[1] not in wire.UP_KINDS:
+            return self._reject(None, "bad_topic", topic[:80])
+        topic_node, kind = parsed
+        try:
+            msg = wire.decode(payload, self.registry.secret_for)
+        except wire.WireError as e:
+            return self._reject(topic_node, e.reason, str(e))
+        node = msg["node"]
+        if node != topic_node or msg["t"] != kind:
+            return self._reject(topic_node, "topic_mismatch", f"{msg['t']} from {node} on {topic}")
+        track = self.track(node)
+        if kind == "status":
+            if msg["online"]:
+                track.boot = msg["boot"]
+            track.online = msg["online"]
+            return Verdict(STATUS, node=node, msg=msg, time_ms=rx_ms)
+
+        seq = msg["seq"]
+        if seq <= track.floor_seq:
+            return self._reject(node, "replay", f"seq {seq} <= pruned floor {track.floor_seq}", msg, ack=True)
+        if seq in self._pending.get(node, ()) or (seq <= track.max_seq and self._is_known(node, seq)):
+            self.duplicates += 1
+            return Verdict(DUPLICATE, node=node, msg=msg, ack=True)
+
+        time_ms = msg["ts_ms"] if msg["synced"] else rx_ms
+        if msg["synced"] and msg["ts_ms"] > rx_ms + self.limits.max_future_ms:
+            return self._reject(node, "future_timestamp", f"ts_ms {msg['ts_ms']} is "
+                                f"{(msg['ts_ms'] - rx_ms) // 1000} s ahead", msg, ack=True, quarantine=True)
+        verdict = Verdict(ACCEPTED, node=node, msg=msg, ack=True, time_ms=time_ms)
+        if kind == "tele":
+            problem = self._check_tele(node, msg, track, verdict)
+            if problem:
+                reason, detail = problem
+                return self._reject(node, reason, detail, msg, ack=True, quarantine=True)
+
+        # Accepted: only now does the node's state change.
+        self._pending.setdefault(node, set()).add(seq)
+        track.max_seq = max(track.max_seq, seq)
+        if track.boot is None:
+            # The status birth is the authority on the current boot (after a reboot the node
+            # resends old-boot messages first); a message only fills in a boot not yet known.
+            track.boot = msg["boot"]
+        track.last_seen_ms = rx_ms
+        if kind == "health":
+            track.fw = msg["fw"]
+        track.channels.update(verdict.marks)
+        self.counter_resets += verdict.counter_resets
+        self.accepted[kind] += 1
+        return verdict
+
+    def _reject(self, node, reason, detail, msg=None, ack=False, quarantine=False) -> Verdict:
+        self.rejected[reason] += 1
+        return Verdict(REJECTED, node=node, reason=reason, detail=detail, msg=msg, ack=ack,
+                       quarantine=quarantine)
+
+    def _check_tele(self, node: str, msg: dict, track: NodeTrack, verdict: Verdict):
+        """(reason, detail) for the first problem, or None; fills verdict.energy and .marks."""
+        channels, relays = msg["ch"], msg["relays"]
+        problem = _check_list("ch", channels, ("power_w",)) or _check_list("relays", relays, ())
+        if problem:
+            return "bad_schema", problem
+        entry = self.registry.get(node)
+        vrms = msg.get("vrms_mv")
+        if vrms is not None and (not _is_int(vrms) or vrms < 0):
+            return "bad_schema", f"vrms_mv must be an integer >= 0, got {vrms!r}"
+        seq, boot, time_ms = msg["seq"], msg["boot"], verdict.time_ms
+        for ch in channels:
+            n = ch["n"]
+            for name in ("irms_ma", "va", "energy_in_wh", "energy_out_wh", "pf_milli"):
+                value = ch.get(name)
+                if value is not None and not _is_int(value):
+                    return "bad_schema", f"ch[{n}].{name} must be an integer or null, got {value!r}"
+            in_wh, out_wh = ch.get("energy_in_wh"), ch.get("energy_out_wh")
+            if (in_wh is None) != (out_wh is None):
+                return "bad_schema", f"ch[{n}] has only one of energy_in_wh / energy_out_wh"
+            if in_wh is not None and (in_wh < 0 or out_wh < 0):
+                return "negative_energy", f"ch[{n}] energy_in_wh={in_wh} energy_out_wh={out_wh}"
+            circuit = entry.channels.get(n) if entry else None
+            limit_w = self.limits.power_limit_w(circuit.rating_a if circuit else None)
+            for name in ("power_w", "va"):
+                value = ch.get(name)
+                if value is not None and abs(value) > limit_w:
+                    return "power_out_of_range", f"ch[{n}].{name}={value} exceeds {limit_w:.0f} W"
+            if (ch.get("va") or 0) < 0 or (ch.get("irms_ma") or 0) < 0:
+                return "power_out_of_range", f"ch[{n}] has a negative va or irms_ma"
+            if in_wh is None:
+                continue
+            mark = track.channels.get(n)
+            new_mark = ChannelMark(seq, boot, time_ms, in_wh, out_wh)
+            if mark is None:
+                verdict.marks[n] = new_mark  # first reading: the baseline, no energy yet
+            elif seq < mark.seq:
+                continue  # a late reading from before the baseline: its energy is in the next delta
+            elif in_wh < mark.in_wh or out_wh < mark.out_wh:
+                if boot == mark.boot:
+                    return "counter_decreased", (f"ch[{n}] in {mark.in_wh}->{in_wh} Wh, "
+                                                 f"out {mark.out_wh}->{out_wh} Wh within boot {boot}")
+                # A new boot with lower counters: the node lost its state file. Start a new baseline.
+                verdict.marks[n] = new_mark
+                verdict.counter_resets += 1
+            else:
+                verdict.marks[n] = new_mark
+                verdict.energy.extend(self._energy(node, n, mark, new_mark))
+        return None
+
+    def _energy(self, node: str, n: int, old: ChannelMark, new: ChannelMark) -> list[IntervalEnergy]:
+        parts: dict[int, list[int]] = {}
+        for i, delta in enumerate((new.in_wh - old.in_wh, new.out_wh - old.out_wh)):
+            for start, wh in split_energy(old.time_ms, new.time_ms, delta, self.limits.interval_ms):
+                parts.setdefault(start, [0, 0])[i] += wh
+        return [IntervalEnergy(node, n, start, imp, exp) for start, (imp, exp) in sorted(parts.items())]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_list(name: str, items: list, required: tuple[str, ...]) -> str | None:
+    if len(items) > MAX_LIST:
+        return f"{name} has {len(items)} entries, at most {MAX_LIST}"
+    seen = set()
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            return f"{name}[{i}] must be an object"
+        n = item.get("n")
+        if not _is_int(n) or not 0 <= n < MAX_LIST or n in seen:
+            return f"{name}[{i}].n must be a unique index 0-{MAX_LIST - 1}, got {n!r}"
+        seen.add(n)
+        for key in required:
+            if not _is_int(item.get(key)):
+                return f"{name}[{i}].{key} must be an integer"
+        if name == "relays" and not isinstance(item.get("on"), bool):
+            return f"relays[{i}].on must be true or false"
+    return None
+
+
+class RejectLog:
+    """Log each (node, reason) at most once per interval, saying how many were suppressed."""
+
+    MAX_KEYS = 10_000  # forged node names must not grow this without bound
+
+    def __init__(self, interval_ms: int):
+        self.interval_ms = interval_ms
+        self._last: dict[tuple, list[int]] = {}  # key -> [last logged ms, suppressed since]
+
+    def should_log(self, node: str | None, reason: str, now_ms: int) -> int | None:
+        """None to stay quiet; else the number of messages suppressed since the last line."""
+        key = (node, reason)
+        entry = self._last.get(key)
+        if entry is not None and now_ms - entry[0] < self.interval_ms:
+            entry[1] += 1
+            return None
+        if len(self._last) >= self.MAX_KEYS:
+            self._last = {k: v for k, v in self._last.items() if now_ms - v[0] < self.interval_ms}
+            if len(self._last) >= self.MAX_KEYS:
+                return None
+        suppressed = entry[1] if entry else 0
+        self._last[key] = [now_ms, 0]
+        return suppressed

@@ -1,0 +1,296 @@
+"""The gateway's SQLite database (WAL): readings, aggregates, interval energies, node state, outbox.
+
+One connection, used from the gateway's event loop only. Every batch of verdicts is one
+transaction, so after a crash the database holds whole batches: a message, its aggregates, its
+interval energy, its outbox copy and the node's new counter baseline are stored together or not
+at all. Acks are sent only after the commit, so anything not stored is resent by the node.
+
+`synchronous=FULL` (the default) makes a commit durable before the ack leaves: a node deletes an
+acknowledged reading from its flash, so a power cut must not lose a committed batch.
+
+Tables (times are Unix ms, UTC):
+  message(node, seq, ...)         raw messages, kept `raw_retention_days`
+  quarantine(node, seq, ...)      authentic but invalid messages, kept as long, with the reason
+  minute(node, ch, minute_ms)     1-minute power aggregates, kept `minute_retention_days`
+  interval_energy(node, ch, start_ms)  import/export Wh per settlement interval, kept (default forever)
+  node_state, channel_mark        what the ingest core needs after a restart
+  outbox_item, outbox_batch, meta the uplink's store-and-forward queue (see gateway.uplink)
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Iterable
+
+from .energy import MINUTE_MS
+from .ingest import ACCEPTED, ChannelMark, NodeTrack, Verdict
+
+DAY_MS = 86_400_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS message (
+    node TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, boot INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL, rx_ms INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (node, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS message_node_time ON message (node, time_ms);
+CREATE INDEX IF NOT EXISTS message_rx ON message (rx_ms);
+CREATE TABLE IF NOT EXISTS quarantine (
+    node TEXT NOT NULL, seq INTEGER NOT NULL, reason TEXT NOT NULL, rx_ms INTEGER NOT NULL,
+    body TEXT NOT NULL, PRIMARY KEY (node, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS quarantine_rx ON quarantine (rx_ms);
+CREATE TABLE IF NOT EXISTS minute (
+    node TEXT NOT NULL, ch INTEGER NOT NULL, minute_ms INTEGER NOT NULL,
+    samples INTEGER NOT NULL, power_sum_w INTEGER NOT NULL,
+    power_min_w INTEGER NOT NULL, power_max_w INTEGER NOT NULL,
+    PRIMARY KEY (node, ch, minute_ms)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS minute_time ON minute (minute_ms);
+CREATE TABLE IF NOT EXISTS interval_energy (
+    node TEXT NOT NULL, ch INTEGER NOT NULL, start_ms INTEGER NOT NULL,
+    import_wh INTEGER NOT NULL, export_wh INTEGER NOT NULL,
+    PRIMARY KEY (node, ch, start_ms)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS interval_energy_time ON interval_energy (start_ms);
+CREATE TABLE IF NOT EXISTS node_state (
+    node TEXT PRIMARY KEY, max_seq INTEGER NOT NULL, floor_seq INTEGER NOT NULL,
+    boot INTEGER, last_seen_ms INTEGER, fw TEXT, online INTEGER, last_cid INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS channel_mark (
+    node TEXT NOT NULL, ch INTEGER NOT NULL, seq INTEGER NOT NULL, boot INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL, in_wh INTEGER NOT NULL, out_wh INTEGER NOT NULL,
+    PRIMARY KEY (node, ch)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox_item (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox_batch (
+    gseq INTEGER PRIMARY KEY, payload BLOB NOT NULL, items INTEGER NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def canonical_json(obj) -> str:
+    """Sorted keys, no whitespace, ASCII: the uplink's canonical form (equal to wire.canonical
+    for the printable-ASCII messages nodes send)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+class Storage:
+    def __init__(self, path: Path | str, synchronous: str = "FULL"):
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), isolation_level=None)  # explicit BEGIN/COMMIT
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={synchronous}")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _tx(self):
+        return _Transaction(self.db)
+
+    # --- ingest -------------------------------------------------------------------------------
+
+    def is_known(self, node: str, seq: int) -> bool:
+        row = self.db.execute("SELECT 1 FROM message WHERE node=? AND seq=? UNION ALL "
+                              "SELECT 1 FROM quarantine WHERE node=? AND seq=? LIMIT 1",
+                              (node, seq, node, seq)).fetchone()
+        return row is not None
+
+    def load_tracks(self) -> dict[str, NodeTrack]:
+        tracks = {}
+        for node, max_seq, floor_seq, boot, seen, fw, online in self.db.execute(
+                "SELECT node, max_seq, floor_seq, boot, last_seen_ms, fw, online FROM node_state"):
+            tracks[node] = NodeTrack(max_seq=max_seq, floor_seq=floor_seq, boot=boot, last_seen_ms=seen,
+                                     fw=fw, online=None if online is None else bool(online))
+        for node, ch, seq, boot, time_ms, in_wh, out_wh in self.db.execute("SELECT * FROM channel_mark"):
+            tracks.setdefault(node, NodeTrack()).channels[ch] = ChannelMark(seq, boot, time_ms, in_wh, out_wh)
+        return tracks
+
+    def commit(self, verdicts: Iterable[tuple[Verdict, int]], tracks: dict[str, NodeTrack]) -> int:
+        """Store (verdict, rx_ms) pairs and the given nodes' state in one transaction.
+
+        Idempotent on (node, seq): a message already stored adds nothing (no second aggregate,
+        interval energy or outbox copy). Returns how many messages were newly stored.
+        """
+        stored = 0
+        with self._tx() as cur:
+            for verdict, rx_ms in verdicts:
+                msg = verdict.msg
+                if verdict.quarantine:
+                    cur.execute("INSERT OR IGNORE INTO quarantine VALUES (?,?,?,?,?)",
+                                (verdict.node, msg["seq"], verdict.reason, rx_ms, canonical_json(msg)))
+                    continue
+                if verdict.outcome != ACCEPTED:
+                    continue
+                body = canonical_json(msg)
+                cur.execute("INSERT OR IGNORE INTO message VALUES (?,?,?,?,?,?,?)",
+                            (verdict.node, msg["seq"], msg["t"], msg["boot"], verdict.time_ms, rx_ms, body))
+                if cur.rowcount != 1:
+                    continue
+                stored += 1
+                cur.execute("INSERT INTO outbox_item (body) VALUES (?)", (body,))
+                if msg["t"] == "tele":
+                    self._aggregate(cur, verdict)
+            for node, track in tracks.items():
+                cur.execute(
+                    "INSERT INTO node_state (node, max_seq, floor_seq, boot, last_seen_ms, fw, online) "
+                    "VALUES (?,?,?,?,?,?,?) ON CONFLICT (node) DO UPDATE SET max_seq=excluded.max_seq, "
+                    "floor_seq=excluded.floor_seq, boot=excluded.boot, last_seen_ms=excluded.last_seen_ms, "
+                    "fw=excluded.fw, online=excluded.online",
+                    (node, track.max_seq, track.floor_seq, track.boot, track.last_seen_ms, track.fw,
+                     None if track.online is None else int(track.online)))
+        return stored
+
+    @staticmethod
+    def _aggregate(cur, verdict: Verdict) -> None:
+        node, minute_ms = verdict.node, verdict.time_ms - verdict.time_ms % MINUTE_MS
+        for ch in verdict.msg["ch"]:
+            p = ch["power_w"]
+            cur.execute(
+                "INSERT INTO minute VALUES (?,?,?,1,?,?,?) ON CONFLICT DO UPDATE SET samples=samples+1, "
+                "power_sum_w=power_sum_w+excluded.power_sum_w, power_min_w=min(power_min_w, excluded.power_min_w), "
+                "power_max_w=max(power_max_w, excluded.power_max_w)", (node, ch["n"], minute_ms, p, p, p))
+        for e in verdict.energy:
+            cur.execute(
+                "INSERT INTO interval_energy VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+                "import_wh=import_wh+excluded.import_wh, export_wh=export_wh+excluded.export_wh",
+                (e.node, e.ch, e.start_ms, e.import_wh, e.export_wh))
+        for n, m in verdict.marks.items():
+            cur.execute("INSERT OR REPLACE INTO channel_mark VALUES (?,?,?,?,?,?,?)",
+                        (node, n, m.seq, m.boot, m.time_ms, m.in_wh, m.out_wh))
+
+    # --- relay commands -------------------------------------------------------------------------
+
+    def next_cid(self, node: str) -> int:
+        """A command id above every one issued to `node` before, also across gateway restarts."""
+        with self._tx() as cur:
+            row = cur.execute("UPDATE node_state SET last_cid = last_cid + 1 WHERE node=? RETURNING last_cid",
+                              (node,)).fetchone()
+        if row is None:
+            raise KeyError(node)
+        return row[0]
+
+    # --- outbox ---------------------------------------------------------------------------------
+
+    def outbox_depth(self) -> tuple[int, int]:
+        """(items waiting to be batched, batches waiting for the controller's ack)."""
+        items = self.db.execute("SELECT count(*) FROM outbox_item").fetchone()[0]
+        batches = self.db.execute("SELECT count(*) FROM outbox_batch").fetchone()[0]
+        return items, batches
+
+    def form_batches(self, gateway_id: str, max_items: int, now_ms: int, max_batches: int) -> list[tuple[int, bytes]]:
+        """Move up to max_batches x max_items outbox items, oldest first, into numbered batches.
+
+        gseq comes from `meta` and is stored with the batch in the same transaction, so it never
+        repeats, even when every batch has been acknowledged and deleted.
+        """
+        formed = []
+        with self._tx() as cur:
+            row = cur.execute("SELECT value FROM meta WHERE key='last_gseq'").fetchone()
+            gseq = row[0] if row else 0
+            for _ in range(max_batches):
+                rows = cur.execute("SELECT id, body FROM outbox_item ORDER BY id LIMIT ?", (max_items,)).fetchall()
+                if not rows:
+                    break
+                gseq += 1
+                # Keys in sorted order (gseq, gw, items, ts_ms, v): the envelope is canonical JSON
+                # around items that already are.
+                payload = ('{"gseq":%d,"gw":%s,"items":[%s],"ts_ms":%d,"v":1}' % (
+                    gseq, json.dumps(gateway_id), ",".join(body for _, body in rows), now_ms)).encode()
+                cur.execute("INSERT INTO outbox_batch VALUES (?,?,?,?)", (gseq, payload, len(rows), now_ms))
+                cur.execute("DELETE FROM outbox_item WHERE id <= ?", (rows[-1][0],))
+                formed.append((gseq, payload))
+            if formed:
+                cur.execute("INSERT OR REPLACE INTO meta VALUES ('last_gseq', ?)", (gseq,))
+        return formed
+
+    def batches(self, after_gseq: int, limit: int) -> list[tuple[int, bytes]]:
+        return self.db.execute("SELECT gseq, payload FROM outbox_batch WHERE gseq > ? ORDER BY gseq LIMIT ?",
+                               (after_gseq, limit)).fetchall()
+
+    def delete_batches(self, gseqs: Iterable[int]) -> int:
+        with self._tx() as cur:
+            cur.executemany("DELETE FROM outbox_batch WHERE gseq = ?", [(g,) for g in gseqs])
+            return cur.rowcount
+
+    # --- retention ------------------------------------------------------------------------------
+
+    def prune(self, now_ms: int, raw_days: int, minute_days: int, interval_days: int,
+              tracks: dict[str, NodeTrack]) -> dict[str, int]:
+        """Drop data past its retention. Raises each node's replay floor to the highest seq dropped,
+        so a pruned message replayed later is refused instead of being stored a second time."""
+        raw_cut = now_ms - raw_days * DAY_MS
+        deleted = {}
+        with self._tx() as cur:
+            floors = cur.execute(
+                "SELECT node, max(seq) FROM (SELECT node, seq FROM message WHERE rx_ms < ?1 "
+                "UNION ALL SELECT node, seq FROM quarantine WHERE rx_ms < ?1) GROUP BY node", (raw_cut,)).fetchall()
+            for node, floor in floors:
+                track = tracks.setdefault(node, NodeTrack())
+                track.floor_seq = max(track.floor_seq, floor)
+                cur.execute("UPDATE node_state SET floor_seq=? WHERE node=?", (track.floor_seq, node))
+            deleted["message"] = cur.execute("DELETE FROM message WHERE rx_ms < ?", (raw_cut,)).rowcount
+            deleted["quarantine"] = cur.execute("DELETE FROM quarantine WHERE rx_ms < ?", (raw_cut,)).rowcount
+            deleted["minute"] = cur.execute("DELETE FROM minute WHERE minute_ms < ?",
+                                            (now_ms - minute_days * DAY_MS,)).rowcount
+            deleted["interval_energy"] = cur.execute(
+                "DELETE FROM interval_energy WHERE start_ms < ?",
+                (now_ms - interval_days * DAY_MS,)).rowcount if interval_days else 0
+        return deleted
+
+    # --- queries --------------------------------------------------------------------------------
+
+    def readings(self, node: str, start_ms: int, end_ms: int, kind: str | None = None) -> list[dict]:
+        """Raw messages of one node with start_ms <= time_ms < end_ms, oldest first."""
+        sql = "SELECT body FROM message WHERE node=? AND time_ms >= ? AND time_ms < ?"
+        args: list = [node, start_ms, end_ms]
+        if kind:
+            sql += " AND kind=?"
+            args.append(kind)
+        return [json.loads(b) for (b,) in self.db.execute(sql + " ORDER BY time_ms, seq", args)]
+
+    def minutes(self, node: str, ch: int, start_ms: int, end_ms: int) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT minute_ms, samples, power_sum_w, power_min_w, power_max_w FROM minute "
+            "WHERE node=? AND ch=? AND minute_ms >= ? AND minute_ms < ? ORDER BY minute_ms",
+            (node, ch, start_ms, end_ms))
+        return [{"minute_ms": m, "samples": n, "power_avg_w": s // n, "power_min_w": lo, "power_max_w": hi}
+                for m, n, s, lo, hi in rows]
+
+    def interval_energy(self, start_ms: int, end_ms: int, node: str | None = None) -> list[dict]:
+        """Per-circuit interval energies with start_ms <= start < end_ms."""
+        sql = "SELECT node, ch, start_ms, import_wh, export_wh FROM interval_energy WHERE start_ms >= ? AND start_ms < ?"
+        args: list = [start_ms, end_ms]
+        if node:
+            sql += " AND node=?"
+            args.append(node)
+        return [{"node": n, "ch": c, "start_ms": s, "import_wh": i, "export_wh": e}
+                for n, c, s, i, e in self.db.execute(sql + " ORDER BY start_ms, node, ch", args)]
+
+    def household_energy(self, registry, start_ms: int, end_ms: int) -> dict[str, dict[int, tuple[int, int]]]:
+        """household -> {interval start: (import_wh, export_wh)} summed over its grid-connection
+        channels (`grid = true` in the registry): the numbers the market settles on."""
+        grid = {(e.node_id, c.n): e.household for e in registry for c in e.channels.values() if c.grid}
+        out: dict[str, dict[int, tuple[int, int]]] = {}
+        for row in self.interval_energy(start_ms, end_ms):
+            household = grid.get((row["node"], row["ch"]))
+            if household is None:
+                continue
+            imp, exp = out.setdefault(household, {}).get(row["start_ms"], (0, 0))
+            out[household][row["start_ms"]] = (imp + row["import_wh"], exp + row["export_wh"])
+        return out
+
+    def count(self, table: str) -> int:
+        if table not in ("message", "quarantine", "minute", "interval_energy", "outbox_item", "outbox_batch"):
+            raise ValueError(table)
+        return self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Cursor:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db.cursor()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

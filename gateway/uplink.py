@@ -1,0 +1,175 @@
+"""Uplink to the controller: store-and-forward batches over MQTT (docs/PROTOCOL.md, "Uplink").
+
+Every stored node message is also written to the SQLite outbox in the same transaction. When the
+controller's broker is reachable, outbox items are cut into batches of at most `batch_items`,
+each numbered with the next `gseq` (persisted, never reused) and published on `ghc/<gw>/up`.
+A batch is deleted only when the controller's ack on `ghc/<gw>/ack` names its gseq.
+
+At most `max_inflight_batches` are unacknowledged at once; one not acked within `retry_s` is
+sent again, and after every reconnect all stored batches are resent from the oldest. Delivery is
+therefore at-least-once and in gseq order; the controller drops repeats by (gw, gseq).
+While the controller is away, messages simply accumulate in the outbox (on disk), and a restart
+of the gateway loses nothing: the outbox and the gseq counter are in the database.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Callable
+
+from .metrics import GatewayMetrics
+from .mqtt import Incoming, MqttLink, Tls
+from .storage import Storage, canonical_json
+
+log = logging.getLogger(__name__)
+
+
+def up_topic(gateway_id: str) -> str:
+    return f"ghc/{gateway_id}/up"
+
+
+def ack_topic(gateway_id: str) -> str:
+    return f"ghc/{gateway_id}/ack"
+
+
+def status_topic(gateway_id: str) -> str:
+    return f"ghc/{gateway_id}/status"
+
+
+def status_payload(gateway_id: str, fw: str, online: bool, nodes: list[dict]) -> bytes:
+    return canonical_json({"v": 1, "gw": gateway_id, "online": online, "fw": fw, "nodes": nodes}).encode()
+
+
+def parse_ack(payload: bytes, gateway_id: str) -> list[int]:
+    """The gseqs an ack names; ValueError when it is not a valid ack for this gateway."""
+    try:
+        msg = json.loads(payload)
+    except (ValueError, UnicodeError):
+        raise ValueError("not JSON") from None
+    if not isinstance(msg, dict) or msg.get("v") != 1 or msg.get("gw") != gateway_id:
+        raise ValueError("not a v1 ack for this gateway")
+    acks = msg.get("acks")
+    if not isinstance(acks, list) or not all(isinstance(g, int) and not isinstance(g, bool) for g in acks):
+        raise ValueError("acks must be a list of integers")
+    return acks
+
+
+class InflightWindow:
+    """Which batches are out and since when: the flow control and resend timer, without I/O."""
+
+    def __init__(self, size: int, retry_ms: int):
+        self.size, self.retry_ms = size, retry_ms
+        self.sent_ms: dict[int, int] = {}  # gseq -> last (re)send time, in send order
+        self.last_sent = 0  # highest gseq sent on this connection
+
+    def room(self) -> int:
+        return self.size - len(self.sent_ms)
+
+    def sent(self, gseq: int, now_ms: int) -> None:
+        self.sent_ms[gseq] = now_ms
+        self.last_sent = max(self.last_sent, gseq)
+
+    def acked(self, gseqs) -> dict[int, int]:
+        """Forget acknowledged batches; returns gseq -> send time of those that were in flight."""
+        return {g: self.sent_ms.pop(g) for g in gseqs if g in self.sent_ms}
+
+    def due(self, now_ms: int) -> list[int]:
+        return sorted(g for g, t in self.sent_ms.items() if now_ms - t >= self.retry_ms)
+
+    def restart(self) -> None:
+        """A new connection: nothing is known to be delivered, send again from the oldest batch."""
+        self.sent_ms.clear()
+        self.last_sent = 0
+
+
+class Uplink:
+    def __init__(self, *, cfg, gateway_id: str, fw: str, storage: Storage, metrics: GatewayMetrics,
+                 nodes: Callable[[], list[dict]], clock_ms: Callable[[], int]):
+        self.cfg, self.gateway_id, self.fw = cfg, gateway_id, fw
+        self.storage, self.metrics, self.nodes, self.clock_ms = storage, metrics, nodes, clock_ms
+        self.window = InflightWindow(cfg.max_inflight_batches, cfg.retry_s * 1000)
+        tls = None
+        if cfg.tls:
+            tls = Tls(*(str(p) if p else None for p in (cfg.ca_file, cfg.cert_file, cfg.key_file)))
+        self.link = MqttLink(
+            name="uplink", host=cfg.host, port=cfg.port, client_id=f"gridhive-gw-{gateway_id}",
+            user=cfg.user or None, password=cfg.password or None, keepalive_s=cfg.keepalive_s, tls=tls,
+            subscriptions=((ack_topic(gateway_id), 1),), mqtt5=False,  # 3.1.1: any controller broker
+            will=(status_topic(gateway_id), status_payload(gateway_id, fw, False, []), 1, True),
+            on_messages=self._on_acks, on_connect=self._on_connect, on_disconnect=self._on_disconnect)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.link.start(loop)
+
+    def stop(self) -> None:
+        """Say goodbye (retained offline status) and disconnect, which cancels the will."""
+        if self.link.connected:
+            self.link.client.publish(status_topic(self.gateway_id),
+                                     status_payload(self.gateway_id, self.fw, False, self.nodes()),
+                                     qos=1, retain=True).wait_for_publish(2)
+        self.link.stop()
+
+    def publish_status(self) -> None:
+        self.link.publish(status_topic(self.gateway_id),
+                          status_payload(self.gateway_id, self.fw, True, self.nodes()), qos=1, retain=True)
+
+    def pump(self) -> None:
+        """Resend overdue batches, then fill the window: stored batches first, then new ones."""
+        if not self.link.connected:
+            return
+        now = self.clock_ms()
+        for gseq in self.window.due(now):
+            stored = self.storage.batches(gseq - 1, 1)
+            if not stored or stored[0][0] != gseq:
+                self.window.acked([gseq])  # already acknowledged and deleted
+            elif not self._send(gseq, stored[0][1], now):
+                return
+        while self.window.room() > 0:
+            batches = self.storage.batches(self.window.last_sent, self.window.room())
+            if not batches:
+                batches = self.storage.form_batches(self.gateway_id, self.cfg.batch_items, now, self.window.room())
+            if not batches:
+                break
+            for gseq, payload in batches:
+                if not self._send(gseq, payload, now):
+                    return  # the link just went down; the next connect starts over
+
+    def _send(self, gseq: int, payload: bytes, now_ms: int) -> bool:
+        if not self.link.publish(up_topic(self.gateway_id), payload, qos=1):
+            return False
+        self.window.sent(gseq, now_ms)
+        self.metrics.uplink_sent.inc()
+        return True
+
+    def update_gauges(self) -> None:
+        """Queue depths for /metrics (counting rows: called once a second, not per batch)."""
+        items, batches = self.storage.outbox_depth()
+        self.metrics.outbox_items.set(items)
+        self.metrics.outbox_batches.set(batches)
+        self.metrics.uplink_inflight.set(len(self.window.sent_ms))
+
+    def _on_acks(self, messages: list[Incoming]) -> None:
+        now = self.clock_ms()
+        gseqs = []
+        for m in messages:
+            try:
+                gseqs.extend(parse_ack(m.payload, self.gateway_id))
+            except ValueError as e:
+                self.metrics.uplink_bad_acks.inc()
+                log.warning("uplink: ignoring a message on %s: %s", m.topic, e)
+        if not gseqs:
+            return
+        self.metrics.uplink_acked.inc(self.storage.delete_batches(gseqs))
+        for sent_ms in self.window.acked(gseqs).values():
+            self.metrics.uplink_ack_s.observe((now - sent_ms) / 1000)
+        self.pump()
+
+    def _on_connect(self) -> None:
+        self.metrics.connected.labels("uplink").set(1)
+        self.window.restart()
+        self.publish_status()
+        self.pump()
+
+    def _on_disconnect(self) -> None:
+        self.metrics.connected.labels("uplink").set(0)
