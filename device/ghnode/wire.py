@@ -11,6 +11,13 @@ import hashlib
 import json
 from binascii import hexlify, unhexlify
 
+try:  # CPython (C) and MicroPython builds that include micropython-lib's hmac
+    import hmac as _hmac
+except ImportError:  # the ESP32 firmware has none: _hmac_sha256 below does RFC 2104 by hand
+    _hmac = None
+# str.isprintable() exists on CPython only; MicroPython checks character by character.
+_FAST_ASCII = hasattr(str, "isprintable") and hasattr(str, "isascii")
+
 VERSION = 1
 TOPIC_ROOT = "gh"
 MAX_PAYLOAD_BYTES = 4096
@@ -61,10 +68,14 @@ def parse_topic(name):
 # --- canonical bytes ---------------------------------------------------------------------------
 
 def _canon_str(s, out):
-    for ch in s:
-        o = ord(ch)
-        if o < 0x20 or o > 0x7E:
+    if _FAST_ASCII:
+        if not (s.isascii() and s.isprintable()):
             raise WireError("bad_string", "only printable ASCII is allowed")
+    else:
+        for ch in s:
+            o = ord(ch)
+            if o < 0x20 or o > 0x7E:
+                raise WireError("bad_string", "only printable ASCII is allowed")
     out.append('"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"')
 
 
@@ -112,9 +123,16 @@ def canonical(obj):
 # --- HMAC-SHA256 (RFC 2104); MicroPython has hashlib.sha256 but no hmac module ---------------
 
 _BLOCK = 64
+_compare_digest = getattr(_hmac, "compare_digest", None)
 
 
 def hmac_sha256(key, data):
+    if _hmac is not None:
+        return _hmac.new(key, data, hashlib.sha256).digest()
+    return _hmac_sha256(key, data)
+
+
+def _hmac_sha256(key, data):
     if len(key) > _BLOCK:
         key = hashlib.sha256(key).digest()
     key = key + bytes(_BLOCK - len(key))
@@ -126,7 +144,10 @@ def hmac_sha256(key, data):
 
 
 def _same(a, b):
-    # Constant-time comparison so a forger learns nothing from timing.
+    # Constant-time comparison so a forger learns nothing from timing (hmac.compare_digest where
+    # the interpreter has it).
+    if _compare_digest is not None:
+        return _compare_digest(a, b)
     if len(a) != len(b):
         return False
     diff = 0
