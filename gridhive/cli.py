@@ -9,6 +9,7 @@ from rich.table import Table
 
 from gridhive.controller.cli import app as ctl_app
 from gridhive.gateway.cli import app as gateway_app
+from gridhive.ledger.cli import app as ledger_app
 from gridhive.market.cli import app as market_app
 
 app = typer.Typer(
@@ -69,6 +70,8 @@ flash_app = typer.Typer(help="Installer tools: provision node configs and build 
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(ctl_app, name="ctl")
 ctl_app.add_typer(market_app, name="market")
+gateway_app.add_typer(ledger_app, name="ledger")  # gridhive gateway ledger run --config validator.toml
+ctl_app.add_typer(ledger_app, name="ledger")      # gridhive ctl ledger status
 app.add_typer(flash_app, name="flash")
 app.add_typer(hil_app, name="hil")
 

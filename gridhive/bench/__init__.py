@@ -4,4 +4,5 @@ BENCHES = {
     "device": "gridhive.bench.device",
     "clearing": "gridhive.market.bench",
     "ctl-ingest": "gridhive.controller.bench",
+    "ledger": "gridhive.ledger.bench",
 }

@@ -133,6 +133,11 @@ class Consensus:
                     self._schedule("retransmit", self.round, now_ms + self.config.retransmit_ms)
         return self._finish(now_ms)
 
+    def has_seen(self, digest: str) -> bool:
+        """A consensus message of this height already handled or buffered (§6.4: duplicates are
+        dropped by hash before signatures are checked)."""
+        return digest in self._seen or digest in self._future_seen
+
     def on_work(self, now_ms: int) -> list:
         """The app has something to propose (txs or evidence): end an empty-block wait early."""
         self._maybe_start(now_ms)

@@ -10,6 +10,7 @@ class MempoolConfig:
     max_per_sender: int = 64
     max_future_nonces: int = 16
     ttl_ms: int = 60_000
+    max_txs_per_proposal: int = 5_000     # proposer policy: a block every validator re-executes within a round
 
 
 @dataclass
@@ -88,8 +89,15 @@ class Mempool:
         return any(nonce_of(sender) in queue for sender, queue in self._by_sender.items())
 
     def update(self, nonce_of, now_ms: int) -> None:
-        """After a commit: drop included/stale nonces and expired entries."""
-        ttl = self.config.ttl_ms
-        for tx_id, entry in list(self._by_id.items()):
-            if entry.nonce < nonce_of(entry.sender) or now_ms - entry.added_ms > ttl:
+        """After a commit: drop included/stale nonces (one account lookup per sender) and
+        expired entries (oldest first, in admission order)."""
+        for sender, queue in list(self._by_sender.items()):
+            account_nonce = nonce_of(sender)
+            for tx_id in [t for nonce, t in queue.items() if nonce < account_nonce]:
                 self.remove(tx_id)
+        ttl = self.config.ttl_ms
+        while self._by_id:
+            tx_id, entry = next(iter(self._by_id.items()))
+            if now_ms - entry.added_ms <= ttl:
+                break
+            self.remove(tx_id)

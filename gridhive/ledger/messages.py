@@ -1,5 +1,5 @@
 """Consensus messages and wire envelopes: build, sign, check (LEDGER.md §6.2)."""
-from .codec import CodecError, decode, encode, is_hex, signing_bytes
+from .codec import CodecError, decode, encode, encode_unchecked, is_hex, signing_bytes
 from .crypto import SigningKey, verify
 
 PROPOSAL_DOMAIN = "gridhive/proposal/v1"
@@ -96,9 +96,11 @@ def parse(data: bytes, max_bytes: int) -> dict:
     return env
 
 
+# Envelopes carrying a block or a tx are built only from values the core checked or built, so
+# they are encoded without another type walk (a block holds thousands of txs).
 def proposal_msg(proposal: dict, block: dict, pol: list[dict] = ()) -> bytes:
     """`pol`: the prevotes of `pol_round` for the block (its proof-of-lock), empty when pol_round = -1."""
-    return encode({"kind": "proposal", "proposal": proposal, "block": block, "pol": list(pol)})
+    return encode_unchecked({"kind": "proposal", "proposal": proposal, "block": block, "pol": list(pol)})
 
 
 def vote_msg(vote: dict) -> bytes:
@@ -106,7 +108,7 @@ def vote_msg(vote: dict) -> bytes:
 
 
 def decision_msg(block: dict, commit: list[dict]) -> bytes:
-    return encode({"kind": "decision", "block": block, "commit": commit})
+    return encode_unchecked({"kind": "decision", "block": block, "commit": commit})
 
 
 def sync_request_msg(height: int) -> bytes:
@@ -114,4 +116,4 @@ def sync_request_msg(height: int) -> bytes:
 
 
 def tx_msg(tx: dict) -> bytes:
-    return encode({"kind": "tx", "tx": tx})
+    return encode_unchecked({"kind": "tx", "tx": tx})

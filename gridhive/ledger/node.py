@@ -14,7 +14,7 @@ from .messages import MsgError, parse, tx_msg
 from .privval import PrivValidator
 from .rules import MarketRules
 from .state import BlockError, PendingBlock, State
-from .tx import TxError, check_tx, make_tx
+from .tx import TxError, check_tx_sized, make_tx
 from .valset import ValidatorSet
 
 
@@ -36,13 +36,18 @@ class Node(App):
         self.key = key
         self.state = State.from_snapshot(genesis, rules, *snapshot) if snapshot else State(genesis, rules)
         for block in blocks:
-            self.state.commit(self.state.execute(block))
+            self.state.commit(self.state.execute(block, decoded=True))
         self.chain_id = self.state.chain_id
         self.max_msg_bytes = self.state.params["max_block_bytes"] + 65_536
         self.mempool = Mempool(config.mempool)
         self.evidence = EvidencePool(self.chain_id)
         self.rejections: Counter = Counter()
+        # digest -> tx id of tx messages admitted or sent here: while the tx is pending, the copies
+        # gossip brings back are dropped before they are parsed (bounded, oldest first out)
+        self._gossip_seen: dict[str, str] = {}
+        self._gossip_seen_max = 2 * config.mempool.max_txs
         self._exec: dict[str, PendingBlock | str] = {}
+        self.final_tx_ids: dict[int, list[str]] = {}     # the ids of recent final blocks' txs, for a service to index
         self._out: list = []
         privval = PrivValidator(key, signed_record) if key else None
         self.consensus = Consensus(self.chain_id, config.consensus, self, privval, self.state.height + 1,
@@ -53,15 +58,18 @@ class Node(App):
         return self._collect(self.consensus.start(now_ms))
 
     def on_message(self, peer: str, data: bytes, now_ms: int) -> list:
+        msg_digest = digest(data)
+        if self._gossip_seen.get(msg_digest) in self.mempool or self.consensus.has_seen(msg_digest):
+            return []          # a copy relayed by another peer: hashing is all it costs
         try:
             env = parse(data, self.max_msg_bytes)
         except MsgError as exc:
             self.reject(exc.reason)
             return []
         if env["kind"] == "tx":
-            self._admit(env["tx"], peer, now_ms)
+            self._admit(env["tx"], peer, now_ms, gossip=(data, msg_digest))
             return self._collect([])
-        return self._collect(self.consensus.on_envelope(peer, env, data, digest(data), now_ms))
+        return self._collect(self.consensus.on_envelope(peer, env, data, msg_digest, now_ms))
 
     def on_timer(self, timer: tuple, now_ms: int) -> list:
         return self._collect(self.consensus.on_timer(timer, now_ms))
@@ -92,9 +100,11 @@ class Node(App):
             actions, self._out = actions + self._out, []
         return actions
 
-    def _admit(self, tx, peer: str | None, now_ms: int, wake_consensus: bool = True) -> str | None:
+    def _admit(self, tx, peer: str | None, now_ms: int, wake_consensus: bool = True,
+               gossip: tuple[bytes, str] | None = None) -> str | None:
+        """`gossip`: (bytes, digest) of the envelope the tx came in, relayed as they are."""
         try:
-            tid = check_tx(tx, self.chain_id, self.state.params["max_tx_bytes"])
+            tid = check_tx_sized(tx, self.chain_id, self.state.params["max_tx_bytes"], decoded=gossip is not None)[0]
             if not self.state.is_authorized(self.state, tx):
                 raise TxError("unauthorized")
             self.mempool.add(tx, tid, self.state.nonce_of(tx["sender"]), now_ms)
@@ -102,7 +112,11 @@ class Node(App):
             if not (peer is not None and exc.reason == "duplicate"):     # gossip echoes are not rejections
                 self.reject(exc.reason)
             return exc.reason
-        self._out.append(Broadcast(tx_msg(tx), exclude=peer))
+        data, data_digest = gossip or (tx_msg(tx), None)
+        self._gossip_seen[data_digest or digest(data)] = tid
+        if len(self._gossip_seen) > self._gossip_seen_max:
+            del self._gossip_seen[next(iter(self._gossip_seen))]
+        self._out.append(Broadcast(data, exclude=peer))
         if wake_consensus:
             self._out.extend(self.consensus.on_work(now_ms))
         return None
@@ -126,10 +140,14 @@ class Node(App):
     def propose_block(self, height: int, now_ms: int) -> dict:
         pending = self.state.build(max(now_ms, self.state.last_block_time_ms + 1), self.key.public_hex)
         full = False
+        room = self.config.mempool.max_txs_per_proposal
         for run in self.mempool.runs(self.state.nonce_of):
             for tid, tx in run:
+                if len(pending.txs) >= room:
+                    full = True
+                    break
                 try:
-                    pending.add_tx(tx)
+                    pending.add_tx(tx, decoded=True)      # admitted by check_tx already
                 except TxError as exc:
                     if exc.reason == "block_full":
                         full = True
@@ -155,7 +173,7 @@ class Node(App):
         result = self._exec.get(bhash)
         if result is None:
             try:
-                result = self.state.execute(block)
+                result = self.state.execute(block, decoded=True)     # it came out of `parse`
             except BlockError as exc:
                 self.reject("invalid_block")
                 result = exc.reason
@@ -163,7 +181,11 @@ class Node(App):
         return None if isinstance(result, PendingBlock) else result
 
     def finalize(self, block: dict, commit: list[dict], now_ms: int) -> ValidatorSet:
-        self.state.commit(self._exec[block_hash(block)])
+        pending = self._exec[block_hash(block)]
+        self.state.commit(pending)
+        self.final_tx_ids[pending.height] = pending.tx_ids
+        if len(self.final_tx_ids) > 16:
+            del self.final_tx_ids[min(self.final_tx_ids)]
         self._exec.clear()
         self.mempool.update(self.state.nonce_of, now_ms)
         s = self.state

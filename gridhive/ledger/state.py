@@ -1,10 +1,10 @@
 """The application state machine: genesis, transactions, blocks, app hash, snapshots
 (LEDGER.md §2–§5). Deterministic and integer-only; no clock, no I/O."""
-from .codec import CodecError, encode, hash_value, is_hex
+from .codec import CodecError, digest, encode, encode_unchecked, hash_value, is_hex
 from .evidence import check_evidence
 from .messages import MsgError
 from .rules import MarketRules
-from .tx import TxError, cert_valid, check_tx, is_household
+from .tx import TxError, cert_valid, check_tx_sized, is_household
 from .valset import ValidatorSet
 
 DEFAULT_PARAMS = {
@@ -178,8 +178,9 @@ class State:
         """Start a block at height + 1; the proposer adds txs and evidence, then calls `seal()`."""
         return PendingBlock(self, time_ms, proposer)
 
-    def execute(self, block) -> "PendingBlock":
-        """Re-execute a received block (§4 rules 1–7); raises BlockError."""
+    def execute(self, block, decoded: bool = False) -> "PendingBlock":
+        """Re-execute a received block (§4 rules 1–7); raises BlockError. `decoded`: the block
+        came out of `decode` (or the node's own store), so every value is ledger JSON already."""
         if type(block) is not dict or set(block) != {"header", "txs", "evidence"}:
             raise BlockError("malformed", "block keys")
         header, txs, evidence = block["header"], block["txs"], block["evidence"]
@@ -197,17 +198,18 @@ class State:
         if len(txs) > p["max_block_txs"] or len(evidence) > p["max_evidence_per_block"]:
             raise BlockError("too_many_items")
         try:
-            size = len(encode(block))
+            body = (encode_unchecked if decoded else encode)(block)
         except CodecError as exc:
             raise BlockError("malformed", str(exc)) from None
-        if size > p["max_block_bytes"]:
+        if len(body) > p["max_block_bytes"]:
             raise BlockError("oversized")
-        if header["txs_hash"] != hash_value(txs) or header["evidence_hash"] != hash_value(evidence):
+        txs_bytes = encode_unchecked(txs)
+        if header["txs_hash"] != digest(txs_bytes) or header["evidence_hash"] != hash_value(evidence):
             raise BlockError("bad_body_hash")
         pending = PendingBlock(self, header["time_ms"], header["proposer"])
         for tx in txs:
             try:
-                pending.add_tx(tx)
+                pending.add_tx(tx, decoded=True)        # the block as a whole was checked just above
             except TxError as exc:
                 raise BlockError("bad_tx", exc.reason) from None
         for ev in evidence:
@@ -215,7 +217,7 @@ class State:
                 pending.add_evidence(ev)
             except (TxError, MsgError) as exc:
                 raise BlockError("bad_evidence", exc.reason) from None
-        sealed = pending.seal()
+        sealed = pending.seal(txs_hash=header["txs_hash"])
         if sealed["header"] != header:
             raise BlockError("app_hash_mismatch")
         return pending
@@ -268,11 +270,11 @@ class PendingBlock:
         self.size_bytes = 0
         self.block: dict | None = None
 
-    def add_tx(self, tx) -> str:
-        """Apply one transaction atomically; returns its id or raises TxError (state untouched)."""
+    def add_tx(self, tx, decoded: bool = False) -> str:
+        """Apply one transaction atomically; returns its id or raises TxError (state untouched).
+        `decoded`: as in `State.execute`."""
         p = self.state.params
-        tid = check_tx(tx, self.state.chain_id, p["max_tx_bytes"])
-        size = len(encode(tx))
+        tid, size = check_tx_sized(tx, self.state.chain_id, p["max_tx_bytes"], decoded)
         if len(self.txs) >= p["max_block_txs"] or self.size_bytes + size > p["max_block_bytes"] - 65_536:
             raise TxError("block_full")
         view = self.view.child()
@@ -302,18 +304,20 @@ class PendingBlock:
         view.merge_up()
         self.evidence.append(ev)
 
-    def seal(self) -> dict:
-        """Compute the header (app hash chain, snapshot hash) and return the block."""
+    def seal(self, txs_hash: str | None = None) -> dict:
+        """Compute the header (app hash chain, snapshot hash) and return the block. Every value
+        in it was checked on the way in, so it is hashed without another type walk; `txs_hash`:
+        already computed by the caller over the same txs."""
         s = self.state
         changes = self.view.changes()
-        app_hash = hash_value({"height": self.height, "prev": s.app_hash, "changes": changes})
+        app_hash = digest(encode_unchecked({"height": self.height, "prev": s.app_hash, "changes": changes}))
         snapshot_hash = ""
         if self.height % s.params["snapshot_interval_heights"] == 0:
             tables = {name: dict(t) for name, t in s.tables.items()}
             _apply_writes(tables, self.view.writes)
-            snapshot_hash = hash_value(tables)
-        header = {"chain_id": s.chain_id, "height": self.height, "time_ms": self.time_ms,
-                  "proposer": self.proposer, "prev_hash": s.last_block_hash, "txs_hash": hash_value(self.txs),
+            snapshot_hash = digest(encode_unchecked(tables))
+        header = {"chain_id": s.chain_id, "height": self.height, "time_ms": self.time_ms, "proposer": self.proposer,
+                  "prev_hash": s.last_block_hash, "txs_hash": txs_hash or digest(encode_unchecked(self.txs)),
                   "evidence_hash": hash_value(self.evidence), "validators_hash": s.validators().hash,
                   "app_hash": app_hash, "snapshot_hash": snapshot_hash}
         self.block = {"header": header, "txs": self.txs, "evidence": self.evidence}

@@ -1,7 +1,7 @@
 """Transaction envelope, per-type body schemas and stateless checks (LEDGER.md §3.1, §3.3)."""
 import re
 
-from .codec import MAX_INT, CodecError, digest, encode, is_hex, signing_bytes
+from .codec import MAX_INT, CodecError, digest, encode, encode_unchecked, is_hex, signing_bytes
 from .crypto import SigningKey, verify
 
 TX_DOMAIN = "gridhive/tx/v1"
@@ -61,7 +61,8 @@ def unsigned(tx: dict) -> dict:
 
 
 def tx_id(tx: dict) -> str:
-    return digest(signing_bytes(TX_DOMAIN, unsigned(tx)))
+    """The id of a well-formed transaction."""
+    return digest(TX_DOMAIN.encode() + b"\n" + encode_unchecked(unsigned(tx)))
 
 
 def make_tx(key: SigningKey, chain_id: str, tx_type: str, nonce: int, body: dict) -> dict:
@@ -72,12 +73,21 @@ def make_tx(key: SigningKey, chain_id: str, tx_type: str, nonce: int, body: dict
 
 def check_tx(tx, chain_id: str, max_tx_bytes: int) -> str:
     """Stateless well-formedness (§3.1); returns the tx id or raises TxError."""
-    if type(tx) is not dict or set(tx) != _ENVELOPE_KEYS:
+    return check_tx_sized(tx, chain_id, max_tx_bytes)[0]
+
+
+def check_tx_sized(tx, chain_id: str, max_tx_bytes: int, decoded: bool = False) -> tuple[str, int]:
+    """check_tx, also returning the canonical size. `decoded`: the tx came out of `decode`, so its
+    values are known to be ledger JSON and the type walk is skipped. The signed bytes are encoded
+    once and serve the size, the signature and the id."""
+    if type(tx) is not dict or set(tx) != _ENVELOPE_KEYS or type(tx["sig"]) is not str:
         raise TxError("malformed", "envelope keys")
     try:
-        size = len(encode(tx))
+        payload = TX_DOMAIN.encode() + b"\n" + (encode_unchecked if decoded else encode)(unsigned(tx))
     except CodecError as exc:
         raise TxError("malformed", str(exc)) from None
+    # canonical(tx) is canonical(unsigned) with `"sig":<sig>,` inserted: 7 bytes plus the quoted sig
+    size = len(payload) - len(TX_DOMAIN) - 1 + 7 + len(encode_unchecked(tx["sig"]))
     if size > max_tx_bytes:
         raise TxError("oversized", f"> {max_tx_bytes} bytes")
     schema = SCHEMAS.get(tx["type"])
@@ -87,9 +97,9 @@ def check_tx(tx, chain_id: str, max_tx_bytes: int) -> str:
         raise TxError("malformed", f"{tx.get('type')!r} schema")
     if tx["chain_id"] != chain_id:
         raise TxError("wrong_chain", str(tx["chain_id"])[:64])
-    if not is_hex(tx["sig"], 128) or not verify(tx["sender"], signing_bytes(TX_DOMAIN, unsigned(tx)), tx["sig"]):
+    if not is_hex(tx["sig"], 128) or not verify(tx["sender"], payload, tx["sig"]):
         raise TxError("bad_signature")
-    return tx_id(tx)
+    return digest(payload), size
 
 
 def make_cert(operator: SigningKey, chain_id: str, household: str, key: str, gateway: str,

@@ -78,3 +78,20 @@ def test_oversized_tx_rejected():
     with pytest.raises(TxError) as exc:
         check_tx(tx, CHAIN, 300)
     assert exc.value.reason == "oversized"
+
+
+@pytest.mark.parametrize("data, ok", [
+    (b'{"a":"true [[[{ false \\" ]"}', True),            # look-alikes inside strings are just text
+    (b'[1,{"a":false}]', False),
+    (b"9223372036854775807", True), (b"-9223372036854775807", True),
+    (b"9223372036854775808", False), (b"-9223372036854775808", False),
+    (b"[" * 32 + b"1" + b"]" * 32, True),                # nesting limit (§1.1): 32 deep
+    (b"[" * 33 + b"1" + b"]" * 33, False),
+])
+def test_decoder_type_rules_hold_exactly_whatever_strings_contain(data, ok):
+    """Bools, integer range and nesting are checked on values, never confused by string contents."""
+    if ok:
+        assert encode(decode(data, 1000)) == data
+    else:
+        with pytest.raises(CodecError):
+            decode(data, 1000)
