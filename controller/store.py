@@ -119,6 +119,12 @@ class Store:
         where, params = ("WHERE node = ?", (node,)) if node else ("", ())
         return self._rows(f"SELECT * FROM messages {where} ORDER BY node, seq", params)
 
+    def latest(self, t):
+        """The newest message of type t from each node."""
+        return self._rows("SELECT m.* FROM messages m JOIN (SELECT node, MAX(seq) AS seq FROM messages "
+                          "WHERE t = ? GROUP BY node) x ON m.node = x.node AND m.seq = x.seq ORDER BY m.node",
+                          (t,))
+
     def batch_keys(self):
         return {(r["gw"], r["gseq"]) for r in self._rows("SELECT gw, gseq FROM batches")}
 

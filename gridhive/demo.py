@@ -1,36 +1,75 @@
 """`gridhive demo`: a small community on one machine, shown live.
 
 Virtual homes run the real node firmware against a broker (Mosquitto when installed, else the
-embedded amqtt broker); a bench receiver verifies and acknowledges what they publish, and the
-table shows each home's grid power, voltage, EV charger relay and energy counters. Halfway
-through, the demo switches one home's EV charger on with a signed relay command.
+embedded amqtt broker). A real gateway process verifies, stores and acknowledges what they publish
+and forwards it to a real controller process, whose database feeds the table: each home's grid
+power, voltage, EV charger relay and energy counters, and the gateway's counts. Halfway through,
+the demo switches one home's EV charger on through the gateway's HTTP API. At the end it checks
+that every message each home produced reached the controller exactly once.
 """
+import json
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
+from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
-from gridhive.broker import start_broker
-from gridhive.hardware.receiver import NodeReceiver
-from gridhive.hardware.virtual_node import start_virtual_nodes
+from gridhive.broker import free_port, start_broker, wait_for_port
+from gridhive.controller.store import open_store
+from gridhive.hardware.virtual_node import EV_RATING_A, MAINS_RATING_A, start_virtual_nodes
 
 TELEMETRY_PERIOD_S = 2
 REFRESH_S = 0.5
+GATEWAY_ID = "gw-1"
 
 
-def _table(nodes, snap, elapsed_s, duration_s, broker_kind, events) -> Table:
-    table = Table(title=f"gridhive demo — {len(nodes)} homes, {broker_kind} broker, "
-                        f"{elapsed_s:.0f}/{duration_s:.0f} s", caption=" · ".join(events[-3:]) or None)
+def gateway_config(path: Path, homes, broker, http_port: int) -> Path:
+    """gateway.toml for the demo: the homes' registry, the local broker, uplink over the same broker."""
+    lines = [
+        "[gateway]", f'id = "{GATEWAY_ID}"', f'data_dir = "{path.parent}"', 'log_level = "WARNING"',
+        "[broker]", f'host = "{broker.host}"', f"port = {broker.port}",
+        # amqtt speaks MQTT 3.1.1 only; Mosquitto gets the gateway's MQTT 5 session with manual acks.
+        f'mqtt_version = "{"3.1.1" if broker.kind == "embedded" else "5"}"',
+        "[http]", f"port = {http_port}",
+        "[homeassistant]", "enabled = false",
+        "[uplink]", f'host = "{broker.host}"', f"port = {broker.port}", "tls = false", "retry_s = 2",
+        "status_interval_s = 5",
+    ]
+    for home in homes:
+        n = home.node_id
+        lines += [f"[nodes.{n}]", f'secret_hex = "{home.secret.hex()}"', f'household = "{n}"',
+                  f"[[nodes.{n}.channels]]", "n = 1", 'name = "mains"', f"rating_a = {MAINS_RATING_A}",
+                  "grid = true",
+                  f"[[nodes.{n}.channels]]", "n = 2", 'name = "ev"', f"rating_a = {EV_RATING_A}",
+                  f"[[nodes.{n}.relays]]", "n = 0", 'name = "ev"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _get(url: str, body: dict | None = None, timeout_s: float = 10.0) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read() or b"{}") | {"status": e.code}
+
+
+def _homes_table(homes, latest, stored, elapsed_s, duration_s, broker_kind) -> Table:
+    table = Table(title=f"gridhive demo — {len(homes)} homes, gateway {GATEWAY_ID}, {broker_kind} broker, "
+                        f"{elapsed_s:.0f}/{duration_s:.0f} s")
     for col, justify in (("home", "left"), ("load", "left"), ("grid W", "right"), ("V", "right"),
                          ("EV relay", "center"), ("EV A", "right"), ("in Wh", "right"), ("out Wh", "right"),
-                         ("readings", "right"), ("buffered", "right"), ("link", "center")):
+                         ("at controller", "right"), ("buffered", "right")):
         table.add_column(col, justify=justify)
-    for node in nodes:
-        latest = snap["latest"].get(node.node_id, {})
-        tele, health = latest.get("tele"), latest.get("health")
-        online = snap["online"].get(node.node_id, {}).get("online")
+    for home in homes:
+        tele = latest.get(home.node_id)
         if tele:
             mains, ev = tele["ch"][0], tele["ch"][1]
             relay = tele["relays"][0]
@@ -39,9 +78,19 @@ def _table(nodes, snap, elapsed_s, duration_s, broker_kind, events) -> Table:
                    f"{ev['irms_ma'] / 1000:.1f}", str(mains["energy_in_wh"]), str(mains["energy_out_wh"])]
         else:
             row = ["…"] * 6
-        table.add_row(node.node_id, node.load.kind, *row, str(len(snap["accepted"].get(node.node_id, []))),
-                      str(health["buf_depth"]) if health else "…",
-                      "[green]up[/]" if online else "[yellow]…[/]" if online is None else "[red]down[/]")
+        table.add_row(home.node_id, home.load.kind, *row, str(stored.get(home.node_id, 0)),
+                      str(home.firmware.buf.depth()))
+    return table
+
+
+def _gateway_table(stats: dict, events: list[str]) -> Table:
+    table = Table(title="gateway", caption=" · ".join(events[-3:]) or None)
+    for col in ("accepted", "duplicates", "rejected", "stored", "uplink outbox", "uplink"):
+        table.add_column(col, justify="right")
+    if stats:
+        table.add_row(str(stats["accepted_total"]), str(stats["duplicates"]), str(stats["rejected_total"]),
+                      str(stats["stored_messages"]), str(stats["outbox_items"]),
+                      "[green]up[/]" if stats["uplink_connected"] else "[red]down[/]")
     return table
 
 
@@ -49,74 +98,118 @@ def run_demo(nodes: int, duration_s: float, broker: str, console) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="gridhive-demo-"))
     console.print(f"starting the broker ({broker}) …")
     mqtt_broker = start_broker(broker, workdir / "broker")
-    console.print(f"{mqtt_broker.kind} broker on {mqtt_broker.host}:{mqtt_broker.port}; "
-                  f"starting {nodes} virtual homes (state in {workdir}) …")
+    console.print(f"{mqtt_broker.kind} broker on {mqtt_broker.host}:{mqtt_broker.port}; state in {workdir}")
     homes = start_virtual_nodes(nodes, mqtt_broker.host, mqtt_broker.port, workdir / "nodes", "mixed",
                                 period_s=TELEMETRY_PERIOD_S, started=False)
-    receiver = NodeReceiver(mqtt_broker.host, mqtt_broker.port, {n.node_id: n.secret for n in homes})
-    receiver.start()
-    receiver.connected.wait(10)
-    for home in homes:
-        home.start()
+    db_url = f"sqlite:///{workdir / 'controller.sqlite3'}"
+    http_port = free_port()
+    (workdir / "gateway").mkdir()
+    config = gateway_config(workdir / "gateway" / "gateway.toml", homes, mqtt_broker, http_port)
+    logs = open(workdir / "services.log", "ab")
+    console.print("starting the controller and the gateway …")
+    controller = subprocess.Popen([sys.executable, "-m", "gridhive.controller", "serve", "--db", db_url,
+                                   "--broker", f"{mqtt_broker.host}:{mqtt_broker.port}", "--log-level", "warning"],
+                                  stdout=logs, stderr=logs)
+    gateway = subprocess.Popen([sys.executable, "-m", "gridhive.gateway", "run", "--config", str(config)],
+                               stdout=logs, stderr=logs)
+    api = f"http://127.0.0.1:{http_port}"
+    try:
+        wait_for_port(http_port, timeout_s=30)
+        for home in homes:
+            home.start()
+        code = _live(homes, api, db_url, duration_s, mqtt_broker.kind, console)
+        console.print("\nstopping: delivering what the homes still have buffered …")
+        for home in homes:
+            home.stop_measuring()
+        _drain(homes, db_url, timeout_s=15)
+        return code or _summary(homes, db_url, console)
+    except TimeoutError:
+        console.print(f"[red]the gateway did not start; see {workdir / 'services.log'}[/]")
+        return 1
+    finally:
+        for home in homes:
+            home.stop()
+        for proc in (gateway, controller):
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        logs.close()
+        mqtt_broker.stop()
+
+
+def _latest_tele(db_url: str) -> tuple[dict, dict]:
+    store = open_store(db_url)
+    try:
+        latest = {row["node"]: json.loads(row["payload"]) for row in store.latest("tele")}
+        return latest, store.message_counts()
+    finally:
+        store.close()
+
+
+def _live(homes, api, db_url, duration_s, broker_kind, console) -> int:
     events: list[str] = []
     commanded = False
     t0 = time.monotonic()
     last_print = 0.0
     try:
-        with Live(console=console, refresh_per_second=4, transient=False) as live:
+        with Live(console=console, refresh_per_second=4) as live:
             while (elapsed := time.monotonic() - t0) < duration_s:
-                snap = receiver.snapshot()
-                if not commanded and elapsed > duration_s / 2 and "tele" in snap["latest"].get("vnode-1", {}):
-                    cid = receiver.command("vnode-1", 0, "on")
-                    events.append(f"{elapsed:.0f}s: sent 'EV charger on' to vnode-1 (command {cid})")
+                latest, stored = _latest_tele(db_url)
+                stats = _get(f"{api}/api/stats")
+                if not commanded and elapsed > duration_s / 2 and "vnode-1" in latest:
                     commanded = True
-                reply = snap["latest"].get("vnode-1", {}).get("reply")
-                if reply and not any("replied" in e for e in events):
-                    events.append(f"vnode-1 replied: {'ok' if reply['ok'] else reply.get('reason')}, "
-                                  f"relay {reply['state']}")
-                live.update(_table(homes, snap, elapsed, duration_s, mqtt_broker.kind, events))
+                    events.append(f"{elapsed:.0f}s: EV charger on at vnode-1 (POST {api}/api/nodes/vnode-1/relays/0)")
+                    reply = _get(f"{api}/api/nodes/vnode-1/relays/0", {"action": "on"})
+                    events.append("vnode-1: " + (f"relay {reply.get('state')}" if reply.get("ok")
+                                                 else f"refused: {reply.get('reason') or reply.get('error')}"))
+                live.update(Group(_homes_table(homes, latest, stored, elapsed, duration_s, broker_kind),
+                                  _gateway_table(stats, events)))
                 if not console.is_terminal and elapsed - last_print >= 10:
                     last_print = elapsed
-                    console.print(f"{elapsed:.0f} s: {sum(len(v) for v in snap['accepted'].values())} readings "
-                                  f"received from {len(snap['accepted'])} homes")
+                    console.print(f"{elapsed:.0f} s: {sum(stored.values())} messages at the controller from "
+                                  f"{len(stored)} homes; gateway accepted {stats.get('accepted_total')}")
                 time.sleep(REFRESH_S)
     except KeyboardInterrupt:
         pass
-    console.print("\nstopping: delivering what the homes still have buffered …")
-    for home in homes:
-        home.stop_measuring()
-    _drain(homes, receiver, timeout_s=5)
-    for home in homes:
-        home.stop()
-    receiver.stop()
-    mqtt_broker.stop()
-    return _summary(homes, receiver.snapshot(), console)
+    return 0
 
 
-def _drain(homes, receiver, timeout_s):
-    """Give the homes' last buffered messages time to be delivered and acknowledged."""
+def _delivered(home, stored: dict) -> bool:
+    produced = home.firmware.seqs.peek() - home.firmware.first_seq
+    return home.firmware.buf.depth() == 0 and stored.get(home.node_id, 0) >= produced
+
+
+def _drain(homes, db_url, timeout_s):
+    """Give the last buffered messages time to pass the gateway and reach the controller."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(h.firmware.buf.depth() for h in homes):
-        time.sleep(0.1)
+    while time.monotonic() < deadline:
+        _, stored = _latest_tele(db_url)
+        if all(_delivered(h, stored) for h in homes):
+            return
+        time.sleep(0.2)
 
 
-def _summary(homes, snap, console) -> int:
-    """Check every home's messages arrived once and in order, or are still safe in its flash buffer."""
-    lost = 0
-    for home in homes:
-        accepted = snap["accepted"].get(home.node_id, [])
-        first = home.firmware.first_seq
-        produced = home.firmware.seqs.peek() - first
-        buffered = home.firmware.buf.depth()
-        in_order = accepted == list(range(first, first + len(accepted)))
-        if not in_order or len(accepted) + buffered != produced:
-            lost += 1
-            console.print(f"[red]{home.node_id}: {produced} messages produced, {len(accepted)} received, "
-                          f"{buffered} buffered — some lost or out of order[/]")
-        console.print(f"{home.node_id}: {len(accepted)} messages received once each and in order, "
-                      f"{snap['duplicates'].get(home.node_id, 0)} re-sent duplicates dropped, "
-                      f"{buffered} still buffered on the node")
-    if snap["rejected"]:
-        console.print(f"[yellow]rejected messages by reason: {snap['rejected']}[/]")
-    console.print("[green]no reading lost[/]" if not lost else f"[red]{lost} home(s) lost readings[/]")
+def _summary(homes, db_url, console) -> int:
+    """Every message each home produced is at the controller exactly once, or still in its flash."""
+    store = open_store(db_url)
+    try:
+        lost = 0
+        for home in homes:
+            first = home.firmware.first_seq
+            produced = set(range(first, home.firmware.seqs.peek()))
+            buffered = {seq for seq, _ in home.firmware.buf.pending()}
+            at_controller = [m["seq"] for m in store.messages(home.node_id)]
+            once = len(at_controller) == len(set(at_controller))
+            if not once or set(at_controller) | buffered != produced:
+                lost += 1
+                missing = sorted(produced - set(at_controller) - buffered)
+                console.print(f"[red]{home.node_id}: missing {missing[:10]}, each stored once: {once}[/]")
+            console.print(f"{home.node_id}: {len(produced)} messages produced, {len(at_controller)} at the "
+                          f"controller, {len(buffered)} still buffered on the node")
+    finally:
+        store.close()
+    console.print("[green]no reading lost: node → gateway → controller, each stored once[/]" if not lost
+                  else f"[red]{lost} home(s) lost readings[/]")
     return 0 if not lost else 1

@@ -56,6 +56,15 @@ def test_the_stored_payload_is_the_node_message(store):
     assert json.loads(store.messages("house-1")[0]["payload"]) == msg
 
 
+def test_latest_message_of_a_type_per_node(store):
+    items = [node_message("house-1", 1), node_message("house-1", 2), node_message("house-1", 3, "health"),
+             node_message("house-2", 5)]
+    store.commit_batches([uplink("gw-1", 1, items)], 0)
+    assert [(m["node"], m["seq"]) for m in store.latest("tele")] == [("house-1", 2), ("house-2", 5)]
+    assert [(m["node"], m["seq"]) for m in store.latest("health")] == [("house-1", 3)]
+    assert store.latest("reply") == []
+
+
 def test_status_items_and_nullable_health_fields(store):
     items = [node_message("house-1", 0, "status") | {"seq": 99},   # a stray seq on a status: registry only
              node_message("house-1", 5, "health", rssi_dbm=None, error=None)]
