@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gridhive.controller.cli import app as ctl_app
+from gridhive.forecast.cli import app as forecast_app
 from gridhive.gateway.cli import app as gateway_app
 from gridhive.ledger.cli import app as ledger_app
 from gridhive.market.cli import app as market_app
@@ -74,6 +75,7 @@ gateway_app.add_typer(ledger_app, name="ledger")  # gridhive gateway ledger run 
 ctl_app.add_typer(ledger_app, name="ledger")      # gridhive ctl ledger status
 app.add_typer(flash_app, name="flash")
 app.add_typer(hil_app, name="hil")
+app.add_typer(forecast_app, name="forecast")
 
 
 @hil_app.callback()

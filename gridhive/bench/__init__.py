@@ -4,5 +4,7 @@ BENCHES = {
     "device": "gridhive.bench.device",
     "clearing": "gridhive.market.bench",
     "ctl-ingest": "gridhive.controller.bench",
+    "ingest": "gridhive.bench.ingest",
     "ledger": "gridhive.ledger.bench",
+    "forecast": "gridhive.forecast.bench",
 }
