@@ -1,11 +1,13 @@
-"""`gridhive demo`: a small community on one machine, shown live.
+"""`gridhive demo`: a small community on one machine, shown live, then its market day.
 
 Virtual homes run the real node firmware against a broker (Mosquitto when installed, else the
 embedded amqtt broker). A real gateway process verifies, stores and acknowledges what they publish
 and forwards it to a real controller process, whose database feeds the table: each home's grid
 power, voltage, EV charger relay and energy counters, and the gateway's counts. Halfway through,
 the demo switches one home's EV charger on through the gateway's HTTP API. At the end it checks
-that every message each home produced reached the controller exactly once.
+that every message each home produced reached the controller exactly once, and shows the homes'
+trading agents on one market day (gridhive.community): LiteRT forecasts, orders, clearing of all
+96 intervals, settlement against the day's metering, and each home's cost with and without the market.
 """
 import json
 import subprocess
@@ -20,6 +22,7 @@ from rich.live import Live
 from rich.table import Table
 
 from gridhive.broker import free_port, start_broker, wait_for_port
+from gridhive.community import DEMO_MARKET, PAPERS_CONSUMERS_PCT, PAPERS_PROSUMERS_PCT, simulate_day
 from gridhive.controller.store import open_store
 from gridhive.hardware.virtual_node import EV_RATING_A, MAINS_RATING_A, start_virtual_nodes
 
@@ -122,7 +125,9 @@ def run_demo(nodes: int, duration_s: float, broker: str, console) -> int:
         for home in homes:
             home.stop_measuring()
         _drain(homes, db_url, timeout_s=15)
-        return code or _summary(homes, db_url, console)
+        code = code or _summary(homes, db_url, console)
+        console.print(_market_table([h.node_id for h in homes]))
+        return code
     except TimeoutError:
         console.print(f"[red]the gateway did not start; see {workdir / 'services.log'}[/]")
         return 1
@@ -189,6 +194,35 @@ def _drain(homes, db_url, timeout_s):
         if all(_delivered(h, stored) for h in homes):
             return
         time.sleep(0.2)
+
+
+def _pct(bp) -> str:
+    return "—" if bp is None else f"{bp / 100:+.2f} %"
+
+
+def _market_table(member_ids) -> Table:
+    """The homes' trading agents on one market day: forecast, orders, clearing, settlement."""
+    day = simulate_day(member_ids)
+    cfg = DEMO_MARKET
+    table = Table(title=f"day-ahead market: each home's agent trades one day of a shipped household "
+                        f"({cfg.mechanism}, feed-in {cfg.feed_in_minor_per_kwh}, retail "
+                        f"{cfg.retail_minor_per_kwh} Rp/kWh)",
+                  caption=f"{day.traded_wh / 1000:.1f} kWh traded in {day.intervals_with_trades} of 96 intervals"
+                          + (f" at {day.mean_price_minor_per_kwh:.1f} Rp/kWh on average"
+                             if day.mean_price_minor_per_kwh else "")
+                          + f"; cost reduction: prosumers {_pct(day.prosumers_bp)} (papers "
+                          f"{PAPERS_PROSUMERS_PCT[0]:.2f}–{PAPERS_PROSUMERS_PCT[1]:.2f} %), consumers "
+                          f"{_pct(day.consumers_bp)} (papers {PAPERS_CONSUMERS_PCT[0]:.2f}–{PAPERS_CONSUMERS_PCT[1]:.2f} %)")
+    for col in ("home", "household", "role", "forecast", "bids/offers", "bought kWh", "sold kWh",
+                "grid in kWh", "grid out kWh", "cost without Rp", "cost with Rp", "reduction"):
+        table.add_column(col, justify="left" if col in ("home", "household", "role", "forecast") else "right")
+    for h in day.homes:
+        table.add_row(h.member_id, h.household, "prosumer" if h.prosumer else "consumer", h.forecast_method,
+                      f"{h.bids}/{h.offers}", f"{h.bought_wh / 1000:.1f}", f"{h.sold_wh / 1000:.1f}",
+                      f"{h.grid_import_wh / 1000:.1f}", f"{h.grid_export_wh / 1000:.1f}",
+                      f"{h.reference_cost_milli_minor / 1000:.0f}", f"{h.cost_milli_minor / 1000:.0f}",
+                      _pct(h.reduction_bp))
+    return table
 
 
 def _summary(homes, db_url, console) -> int:

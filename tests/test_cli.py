@@ -29,6 +29,7 @@ def test_demo_runs_on_the_embedded_broker_and_loses_nothing():
     assert "embedded broker" in out.stdout
     assert "no reading lost" in out.stdout
     assert "vnode-2:" in out.stdout
+    assert "day-ahead market" in out.stdout and "cost reduction: prosumers" in out.stdout
 
 
 def test_bad_arguments_say_what_is_wrong():
