@@ -58,11 +58,11 @@ class LedgerClient:
                 response = conn.getresponse()
                 payload = response.read()
                 break
-            except (ConnectionError, http.client.RemoteDisconnected, http.client.CannotSendRequest,
-                    http.client.ResponseNotReady, BrokenPipeError):
+            except (ConnectionError, http.client.HTTPException) as e:
+                # Includes a response cut short by a validator that died mid-reply (IncompleteRead).
                 self.close()
                 if attempt:
-                    raise
+                    raise ConnectionError(f"ledger API {self.address}{path}: {e!r}") from e
         value = json.loads(payload) if payload else None
         if response.status >= 400:
             value = value if isinstance(value, dict) else {}
