@@ -1,6 +1,7 @@
 """The one `gridhive` command: a subcommand group per kind of user."""
 import importlib
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -18,7 +19,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
+# Piped into a file or a CI log there is no terminal width to follow: keep tables readable.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _not_yet(what: str):
