@@ -41,6 +41,7 @@ fi
 
 if [ $want_test -eq 1 ]; then
   command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || apt_install mosquitto
+  command -v mosquitto_sub >/dev/null || apt_install mosquitto-clients  # gridhive bench ingest
   # PostgreSQL for the controller's second back end: its tests start a throwaway server (initdb + postgres).
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || apt_install postgresql
   command -v node >/dev/null || apt_install nodejs npm
