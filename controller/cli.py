@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gridhive.broker import parse_broker
+
 from . import registry
 from .store import open_store
 
@@ -24,13 +26,6 @@ console = Console()
 DEFAULT_DB = "sqlite:///var/controller.db"
 DB_HELP = "Database: sqlite:///path (default var/controller.db) or postgresql://user@host:port/dbname."
 STATE_STYLE = {"online": "green", "stale": "yellow", "safe-mode": "magenta", "offline": "red", "unreachable": "red"}
-
-
-def parse_broker(text):
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
 
 
 def redact(url):

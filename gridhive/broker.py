@@ -25,6 +25,14 @@ def wait_for_port(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s} s")
 
 
+def parse_broker(text: str) -> tuple[str, int]:
+    """'HOST:PORT' -> (host, port); ValueError naming the expected form."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
 def mosquitto_path() -> str | None:
     found = shutil.which("mosquitto")
     if found:

@@ -56,7 +56,8 @@ def node(
         console.print("A real node runs on its ESP32: provision and flash it with `gridhive flash`. "
                       "Use --virtual to run the firmware here.")
         raise typer.Exit(2)
-    from gridhive.hardware.virtual_node import run_virtual_nodes, parse_broker
+    from gridhive.broker import parse_broker
+    from gridhive.hardware.virtual_node import run_virtual_nodes
 
     try:
         host, port = parse_broker(broker)

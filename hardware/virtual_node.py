@@ -23,13 +23,6 @@ EV_CHARGE_W = 3650  # CONTEXT.md appliance table
 MAINS_V = 230.0
 
 
-def parse_broker(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
-
-
 def node_config(node_id: str, secret_hex: str, host: str, port: int, period_s: int = 10) -> dict:
     """The config a provisioned virtual home runs with (same schema as a real node's /config.json)."""
     return {
