@@ -80,7 +80,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ghnode import wire
-from gridhive.broker import MosquittoBroker, free_port, mosquitto_path, wait_for_port
+from gridhive.broker import MosquittoBroker, free_port, mosquitto_path, stop_process, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_ID = "bench-gw"
@@ -507,15 +507,7 @@ class _Site:
         log.close()
         self.procs[name] = proc
 
-        def stop():
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        self.stack.callback(stop)
+        self.stack.callback(stop_process, proc, 20)
         return proc
 
     def pid(self, name: str) -> list[int]:
