@@ -21,10 +21,10 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
-from gridhive.broker import free_port, start_broker, wait_for_port
+from gridhive.broker import free_port, start_broker, stop_process, wait_for_port
 from gridhive.community import DEMO_MARKET, PAPERS_CONSUMERS_PCT, PAPERS_PROSUMERS_PCT, simulate_day
 from gridhive.controller.store import open_store
-from gridhive.hardware.virtual_node import EV_RATING_A, MAINS_RATING_A, start_virtual_nodes
+from gridhive.hardware.virtual_node import GRID_CHANNEL, start_virtual_nodes
 
 TELEMETRY_PERIOD_S = 2
 REFRESH_S = 0.5
@@ -43,13 +43,15 @@ def gateway_config(path: Path, homes, broker, http_port: int) -> Path:
         "[uplink]", f'host = "{broker.host}"', f"port = {broker.port}", "tls = false", "retry_s = 2",
         "status_interval_s = 5",
     ]
-    for home in homes:
+    for home in homes:  # the registry follows each node's own config: its CT channels and relays
         n = home.node_id
-        lines += [f"[nodes.{n}]", f'secret_hex = "{home.secret.hex()}"', f'household = "{n}"',
-                  f"[[nodes.{n}.channels]]", "n = 1", 'name = "mains"', f"rating_a = {MAINS_RATING_A}",
-                  "grid = true",
-                  f"[[nodes.{n}.channels]]", "n = 2", 'name = "ev"', f"rating_a = {EV_RATING_A}",
-                  f"[[nodes.{n}.relays]]", "n = 0", 'name = "ev"']
+        lines += [f"[nodes.{n}]", f'secret_hex = "{home.secret.hex()}"', f'household = "{n}"']
+        for i, ch in enumerate(home.config["channels"]):
+            if ch.get("kind", "ct") == "ct":
+                lines += [f"[[nodes.{n}.channels]]", f"n = {i}", f'name = "{ch["name"]}"',
+                          f"rating_a = {ch['rating_a']}", f"grid = {'true' if ch['name'] == GRID_CHANNEL else 'false'}"]
+        for i, relay in enumerate(home.config["relays"]):
+            lines += [f"[[nodes.{n}.relays]]", f"n = {i}", f'name = "{relay["name"]}"']
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -120,12 +122,16 @@ def run_demo(nodes: int, duration_s: float, broker: str, console) -> int:
         wait_for_port(http_port, timeout_s=30)
         for home in homes:
             home.start()
-        code = _live(homes, api, db_url, duration_s, mqtt_broker.kind, console)
-        console.print("\nstopping: delivering what the homes still have buffered …")
-        for home in homes:
-            home.stop_measuring()
-        _drain(homes, db_url, timeout_s=15)
-        code = code or _summary(homes, db_url, console)
+        store = open_store(db_url)
+        try:
+            code = _live(homes, api, store, duration_s, mqtt_broker.kind, console)
+            console.print("\nstopping: delivering what the homes still have buffered …")
+            for home in homes:
+                home.stop_measuring()
+            _drain(homes, store, timeout_s=15)
+            code = code or _summary(homes, store, console)
+        finally:
+            store.close()
         console.print(_market_table([h.node_id for h in homes]))
         return code
     except TimeoutError:
@@ -135,25 +141,18 @@ def run_demo(nodes: int, duration_s: float, broker: str, console) -> int:
         for home in homes:
             home.stop()
         for proc in (gateway, controller):
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
         logs.close()
         mqtt_broker.stop()
 
 
-def _latest_tele(db_url: str) -> tuple[dict, dict]:
-    store = open_store(db_url)
-    try:
-        latest = {row["node"]: json.loads(row["payload"]) for row in store.latest("tele")}
-        return latest, store.message_counts()
-    finally:
-        store.close()
+def _latest_tele(store) -> tuple[dict, dict]:
+    """Each home's newest telemetry and how many of its messages the controller holds."""
+    latest = {row["node"]: json.loads(row["payload"]) for row in store.latest("tele")}
+    return latest, store.message_counts()
 
 
-def _live(homes, api, db_url, duration_s, broker_kind, console) -> int:
+def _live(homes, api, store, duration_s, broker_kind, console) -> int:
     events: list[str] = []
     commanded = False
     t0 = time.monotonic()
@@ -161,7 +160,7 @@ def _live(homes, api, db_url, duration_s, broker_kind, console) -> int:
     try:
         with Live(console=console, refresh_per_second=4) as live:
             while (elapsed := time.monotonic() - t0) < duration_s:
-                latest, stored = _latest_tele(db_url)
+                latest, stored = _latest_tele(store)
                 stats = _get(f"{api}/api/stats")
                 if not commanded and elapsed > duration_s / 2 and "vnode-1" in latest:
                     commanded = True
@@ -186,11 +185,11 @@ def _delivered(home, stored: dict) -> bool:
     return home.firmware.buf.depth() == 0 and stored.get(home.node_id, 0) >= produced
 
 
-def _drain(homes, db_url, timeout_s):
+def _drain(homes, store, timeout_s):
     """Give the last buffered messages time to pass the gateway and reach the controller."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        _, stored = _latest_tele(db_url)
+        stored = store.message_counts()
         if all(_delivered(h, stored) for h in homes):
             return
         time.sleep(0.2)
@@ -225,25 +224,21 @@ def _market_table(member_ids) -> Table:
     return table
 
 
-def _summary(homes, db_url, console) -> int:
+def _summary(homes, store, console) -> int:
     """Every message each home produced is at the controller exactly once, or still in its flash."""
-    store = open_store(db_url)
-    try:
-        lost = 0
-        for home in homes:
-            first = home.firmware.first_seq
-            produced = set(range(first, home.firmware.seqs.peek()))
-            buffered = {seq for seq, _ in home.firmware.buf.pending()}
-            at_controller = [m["seq"] for m in store.messages(home.node_id)]
-            once = len(at_controller) == len(set(at_controller))
-            if not once or set(at_controller) | buffered != produced:
-                lost += 1
-                missing = sorted(produced - set(at_controller) - buffered)
-                console.print(f"[red]{home.node_id}: missing {missing[:10]}, each stored once: {once}[/]")
-            console.print(f"{home.node_id}: {len(produced)} messages produced, {len(at_controller)} at the "
-                          f"controller, {len(buffered)} still buffered on the node")
-    finally:
-        store.close()
+    lost = 0
+    for home in homes:
+        first = home.firmware.first_seq
+        produced = set(range(first, home.firmware.seqs.peek()))
+        buffered = {seq for seq, _ in home.firmware.buf.pending()}
+        at_controller = [m["seq"] for m in store.messages(home.node_id)]
+        once = len(at_controller) == len(set(at_controller))
+        if not once or set(at_controller) | buffered != produced:
+            lost += 1
+            missing = sorted(produced - set(at_controller) - buffered)
+            console.print(f"[red]{home.node_id}: missing {missing[:10]}, each stored once: {once}[/]")
+        console.print(f"{home.node_id}: {len(produced)} messages produced, {len(at_controller)} at the "
+                      f"controller, {len(buffered)} still buffered on the node")
     console.print("[green]no reading lost: node → gateway → controller, each stored once[/]" if not lost
                   else f"[red]{lost} home(s) lost readings[/]")
     return 0 if not lost else 1

@@ -19,6 +19,7 @@ from ghnode.hal_sim import SimBoard
 LOADS = ("mixed", "ev", "heatpump", "fridge", "pv")
 VOLTAGE_PIN, MAINS_PIN, EV_PIN, EV_RELAY_PIN = 39, 36, 34, 25
 MAINS_RATING_A, EV_RATING_A = 60, 30
+GRID_CHANNEL = "mains"  # the CT at the grid connection: what the market settles on
 EV_CHARGE_W = 3650  # CONTEXT.md appliance table
 MAINS_V = 230.0
 
@@ -32,7 +33,7 @@ def node_config(node_id: str, secret_hex: str, host: str, port: int, period_s: i
         "mqtt": {"host": host, "port": port, "keepalive_s": 15},
         "channels": [
             {"name": "mains_v", "pin": VOLTAGE_PIN, "kind": "voltage"},
-            {"name": "mains", "pin": MAINS_PIN, "rating_a": MAINS_RATING_A},
+            {"name": GRID_CHANNEL, "pin": MAINS_PIN, "rating_a": MAINS_RATING_A},
             {"name": "ev", "pin": EV_PIN, "rating_a": EV_RATING_A},
         ],
         "relays": [{"name": "ev", "pin": EV_RELAY_PIN, "channel": "ev", "max_current_ma": 20000,
