@@ -67,7 +67,7 @@ def simulate_day(member_ids: list[str], config: MarketConfig = DEMO_MARKET) -> C
     per_household = len(blocks.household_id) // len(set(blocks.household_id))
     model = LiteModel()
     day = HISTORY_DAYS  # the first day with a full week of history inside a block
-    plans, metered = {}, {}
+    plans, metered, has_pv = {}, {}, {}
     for i, member_id in enumerate(member_ids):
         # Homes cycle through the households; a household used again brings a different week.
         k = (i * per_household + i // len(set(blocks.household_id))) % len(blocks.household_id)
@@ -82,12 +82,12 @@ def simulate_day(member_ids: list[str], config: MarketConfig = DEMO_MARKET) -> C
         orders = [o._replace(interval_start_ms=o.interval_start_ms + shift, ts_ms=o.ts_ms + shift)
                   for o in plan.orders]
         plans[member_id] = (blocks.household_id[k], plan, orders)
+        has_pv[member_id] = bool(blocks.pv_w[k].any())
         # What the meter will show: export-positive net energy per slot (the settlement convention).
         metered[member_id] = _wh(blocks.pv_w[k, today]) - _wh(blocks.load_w[k, today])
 
-    community = Community(tuple(Member(m, "f1", has_generation=bool(plans[m][1].forecast.pv_w.any()
-                                                                       or (metered[m] > 0).any()))
-                                for m in member_ids), (Feeder("f1"),))
+    community = Community(tuple(Member(m, "f1", has_generation=has_pv[m]) for m in member_ids),
+                          (Feeder("f1"),))
     settlements, traded_wh, priced, trading_slots = [], 0, [], 0
     for slot in range(SLOTS_PER_DAY):
         start_ms = MARKET_DAY_MS + slot * SLOT_MS
