@@ -3,10 +3,11 @@ every validator listing every other as a peer. On loopback with free ports by de
 given hosts (network namespaces) with one port."""
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from gridhive.broker import free_ports
 
 from .crypto import SigningKey
 
@@ -32,12 +33,6 @@ class Testnet:
     gateway: SigningKey       # the gateway key of every client household
     clients: list[SigningKey] = field(default_factory=list)
     nodes: list[TestnetNode] = field(default_factory=list)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _write_key(path: Path, key: SigningKey) -> None:
@@ -76,12 +71,13 @@ def generate(out_dir: Path, n: int = 4, *, chain_id: str = "gridhive-testnet", h
         (out_dir / "clients.keys").write_text("".join(c.seed().hex() + "\n" for c in client_keys))
         os.chmod(out_dir / "clients.keys", 0o600)
     net = Testnet(out_dir, chain_id, genesis, operator, gateway, client_keys)
-    addresses = [(hosts[i], P2P_PORT) if hosts else ("127.0.0.1", free_port()) for i in range(n)]
+    ports = free_ports(2 * n)  # p2p and API ports of every validator, all distinct
+    addresses = [(hosts[i], P2P_PORT) if hosts else ("127.0.0.1", ports[i]) for i in range(n)]
     for i, key in enumerate(keys):
         node_dir = out_dir / f"v{i}"
         node_dir.mkdir(exist_ok=True)
         _write_key(node_dir / "validator.key", key)
-        api_address = f"unix:{node_dir.resolve() / 'api.sock'}" if api == "unix" else f"127.0.0.1:{free_port()}"
+        api_address = f"unix:{node_dir.resolve() / 'api.sock'}" if api == "unix" else f"127.0.0.1:{ports[n + i]}"
         lines = ["[validator]", 'genesis = "../genesis.json"', 'key_file = "validator.key"', 'data_dir = "data"',
                  f'listen = "{addresses[i][0]}:{addresses[i][1]}"', f'api = "{api_address}"', ""]
         for section, values in (("consensus", consensus), ("mempool", mempool), ("p2p", p2p)):
