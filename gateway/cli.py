@@ -39,6 +39,22 @@ def run(config: Path = CONFIG):
     raise typer.Exit(run_gateway(cfg))
 
 
+@app.command()
+def agent(config: Path = CONFIG):
+    """Run the ledger agent: attest the households' interval energies and enter their orders."""
+    cfg = _load(config)
+    logging.basicConfig(level=cfg.gateway.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .ledger_agent import run_agent
+
+    try:
+        code = run_agent(cfg)
+    except ConfigError as e:
+        err.print(f"[red]{config}: {e}[/]")
+        raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
 @app.command("check-config")
 def check_config(config: Path = CONFIG):
     """Validate the config (with environment overrides) and summarise it."""

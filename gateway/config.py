@@ -110,7 +110,8 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "raw_retention_days": _int(7, 1, 3650),
         "minute_retention_days": _int(90, 1, 3650),
         "interval_retention_days": _int(0, 0, 36500),  # 0 = keep forever
-        "interval_minutes": Key("int", 15, choices=(5, 10, 15, 30, 60)),
+        # The settlement interval: divides an hour (aligned to it, UTC). Short ones for demos and tests.
+        "interval_s": Key("int", 900, choices=tuple(s for s in range(10, 3601) if 3600 % s == 0)),
         "synchronous": _str("FULL", choices=("FULL", "NORMAL")),
         "prune_interval_s": _int(3600, 1, 86400),
     },
@@ -145,6 +146,16 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "user": _str("homeassistant", pattern=re.compile(r"^[A-Za-z0-9_-]{1,64}$")),
         "password": _str("", nullable=True),
     },
+    # The ledger agent (`gridhive gateway agent`): attests the households' interval energies and
+    # enters their orders through this gateway's validator (docs/GATEWAY.md, "Ledger agent").
+    "ledger": {
+        "api": _str("", nullable=True),       # the validator's local API: HOST:PORT or unix:/path
+        "genesis": _path(),                   # the chain's genesis.json (chain id, market params)
+        "key_file": _path(),                  # this gateway's ledger key (hex seed): signs attestations
+        "attest_delay_s": _int(60, 0, 3600),  # after an interval ends: late node messages arrive first
+        "history_intervals": _int(4, 1, 96),  # metered intervals the next order is forecast from
+        "tick_s": Key("float", 5.0, 0.1, 600.0),
+    },
     "gpio": {
         "enabled": _bool(False),
         "led_pin": _int(17, 0, 53),
@@ -157,6 +168,7 @@ NODE_KEYS: dict[str, Key] = {
     "secret_hex": _str(pattern=re.compile(r"^[0-9a-fA-F]{64}$")),
     "household": _str(pattern=re.compile(r"^[A-Za-z0-9_-]{1,64}$")),
     "mqtt_password": _str(None, nullable=True),
+    "member_key_file": _path(),  # the household's ledger key, if its agent runs on this gateway
 }
 CHANNEL_KEYS: dict[str, Key] = {
     "n": _int(lo=0, hi=MAX_CHANNELS - 1),
@@ -256,6 +268,7 @@ class NodeEntry:
     channels: Mapping[int, Channel] = field(default_factory=dict)
     relays: Mapping[int, Relay] = field(default_factory=dict)
     mqtt_password: str | None = None
+    member_key_file: Path | None = None
 
     def channel_name(self, n: int) -> str:
         ch = self.channels.get(n)
@@ -314,6 +327,7 @@ class GatewayConfig:
     http: Section
     commands: Section
     homeassistant: Section
+    ledger: Section
     gpio: Section
     registry: Registry
 
@@ -398,7 +412,7 @@ def parse_registry(raw_nodes: Any, base_dir: Path, key: str = "nodes") -> Regist
             node_id=node_id, secret=secret, household=values["household"],
             channels={c["n"]: Channel(**c) for c in channels},
             relays={r["n"]: Relay(**r) for r in relays},
-            mqtt_password=values["mqtt_password"])
+            mqtt_password=values["mqtt_password"], member_key_file=values["member_key_file"])
     return Registry(nodes)
 
 

@@ -63,7 +63,7 @@ class Gateway:
         self.storage = Storage(cfg.db_path, cfg.storage.synchronous)
         i = cfg.ingest
         limits = Limits(max_future_ms=i.max_future_ms, max_power_w=i.max_power_w, line_voltage_v=i.line_voltage_v,
-                        rating_factor=i.rating_factor, interval_ms=cfg.storage.interval_minutes * 60_000)
+                        rating_factor=i.rating_factor, interval_ms=cfg.storage.interval_s * 1000)
         self.ingest = Ingest(cfg.registry, limits, self.storage.is_known, self.storage.load_tracks())
         self.reject_log = RejectLog(i.reject_log_interval_s * 1000)
         self.ha = HomeAssistant(self.gateway_id, self.fw, cfg.homeassistant.discovery_prefix,
@@ -135,7 +135,7 @@ class Gateway:
     def energy(self, start_ms: int, end_ms: int) -> dict:
         households = self.storage.household_energy(self.cfg.registry, start_ms, end_ms)
         return {
-            "interval_minutes": self.cfg.storage.interval_minutes,
+            "interval_s": self.cfg.storage.interval_s,
             "households": {h: [{"start_ms": s, "import_wh": i, "export_wh": e} for s, (i, e) in sorted(rows.items())]
                            for h, rows in sorted(households.items())},
             "circuits": [{**row, "circuit": self._circuit(row["node"], row["ch"])}

@@ -33,6 +33,7 @@ class Testnet:
     gateway: SigningKey       # the gateway key of every client household
     clients: list[SigningKey] = field(default_factory=list)
     nodes: list[TestnetNode] = field(default_factory=list)
+    member_keys: dict[str, Path] = field(default_factory=dict)  # household -> its key file
 
 
 def _write_key(path: Path, key: SigningKey) -> None:
@@ -47,21 +48,28 @@ def _toml_value(value) -> str:
 def generate(out_dir: Path, n: int = 4, *, chain_id: str = "gridhive-testnet", hosts: list[str] | None = None,
              api: str = "tcp", clients: int = 0, client_balance_minor: int = 10**9,
              consensus: dict | None = None, mempool: dict | None = None, p2p: dict | None = None,
-             params: dict | None = None, admin: bool = False) -> Testnet:
+             params: dict | None = None, admin: bool = False,
+             members: list[tuple[str, int, str]] = ()) -> Testnet:
     """`hosts`: one p2p address per validator (all on port 26600); None = loopback, free ports.
     `api`: "tcp" (loopback, free port) or "unix" (a socket in each validator's dir, reachable
-    from any network namespace). `clients`: member households c0… with funded keys (for load)."""
+    from any network namespace). `clients`: member households c0… with funded keys (for load).
+    `members`: (household, validator index, role): a funded household whose gateway is that
+    validator, as in a community where each gateway is an authority (key in members/<household>.key)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = [SigningKey.generate() for _ in range(n)]
     operator, gateway = SigningKey.generate(), SigningKey.generate()
     client_keys = [SigningKey.generate() for _ in range(clients)]
+    member_keys = {household: SigningKey.generate() for household, _, _ in members}
     genesis = {
         "chain_id": chain_id, "genesis_time_ms": int(time.time() * 1000), "operator": operator.public_hex,
         "validators": {k.public_hex: 1 for k in keys},
-        "accounts": {operator.public_hex: client_balance_minor, **{c.public_hex: client_balance_minor for c in client_keys}},
-        "members": {f"c{i}": {"key": c.public_hex, "gateway": gateway.public_hex, "role": "prosumer"}
-                    for i, c in enumerate(client_keys)},
+        "accounts": {operator.public_hex: client_balance_minor,
+                     **{c.public_hex: client_balance_minor for c in [*client_keys, *member_keys.values()]}},
+        "members": {**{f"c{i}": {"key": c.public_hex, "gateway": gateway.public_hex, "role": "prosumer"}
+                       for i, c in enumerate(client_keys)},
+                    **{household: {"key": member_keys[household].public_hex, "gateway": keys[v].public_hex,
+                                   "role": role} for household, v, role in members}},
         "params": params or {},
     }
     (out_dir / "genesis.json").write_text(json.dumps(genesis, indent=1, sort_keys=True) + "\n")
@@ -71,6 +79,11 @@ def generate(out_dir: Path, n: int = 4, *, chain_id: str = "gridhive-testnet", h
         (out_dir / "clients.keys").write_text("".join(c.seed().hex() + "\n" for c in client_keys))
         os.chmod(out_dir / "clients.keys", 0o600)
     net = Testnet(out_dir, chain_id, genesis, operator, gateway, client_keys)
+    if member_keys:
+        (out_dir / "members").mkdir(exist_ok=True)
+        for household, key in member_keys.items():
+            _write_key(out_dir / "members" / f"{household}.key", key)
+            net.member_keys[household] = out_dir / "members" / f"{household}.key"
     ports = free_ports(2 * n)  # p2p and API ports of every validator, all distinct
     addresses = [(hosts[i], P2P_PORT) if hosts else ("127.0.0.1", ports[i]) for i in range(n)]
     for i, key in enumerate(keys):

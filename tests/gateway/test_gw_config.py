@@ -21,7 +21,7 @@ def test_a_valid_config_loads_with_defaults_and_registry(tmp_path):
     cfg = load_config(config(tmp_path), env={})
     assert cfg.gateway_id == "gw1"
     assert cfg.storage.raw_retention_days == 7 and cfg.storage.minute_retention_days == 90
-    assert cfg.storage.interval_minutes == 15 and cfg.uplink.batch_items == 100
+    assert cfg.storage.interval_s == 900 and cfg.uplink.batch_items == 100
     assert cfg.db_path == tmp_path / "data" / "gateway.sqlite3"
     n1 = cfg.registry.get("n1")
     assert n1.secret == secret("n1") and n1.household == "h-n1"
@@ -35,7 +35,7 @@ def test_a_valid_config_loads_with_defaults_and_registry(tmp_path):
     ("[storage]\nraw_retention_days = 0\n", "storage.raw_retention_days", "1-3650, got 0"),
     ("[gpio]\nled_pni = 1\n", "gpio.led_pni", "valid keys"),
     ("[storage]\nprune_interval_s = true\n", "storage.prune_interval_s", "an integer"),
-    ("[storage]\ninterval_minutes = 7\n", "storage.interval_minutes", "one of"),
+    ("[storage]\ninterval_s = 7\n", "storage.interval_s", "one of"),
     ("[nodes.BAD]\nsecret_hex = \"00\"\nhousehold = \"h\"\n", "nodes.BAD", "a-z 0-9"),
     ("[nodes.n3]\nhousehold = \"h\"\n", "nodes.n3.secret_hex", "missing"),
     ("[nodes.n3]\nsecret_hex = \"" + "0" * 64 + "\"\nhousehold = \"h\"\n", "nodes.n3.secret_hex", "all zero"),

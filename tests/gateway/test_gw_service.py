@@ -87,7 +87,7 @@ def test_metrics_and_stats_count_rejections_by_reason(gateway, mosquitto):
     status, stats = http("GET", gateway.url("/api/stats"))
     assert status == 200 and stats["rejected"] == {"bad_mac": 1, "not_json": 1} and stats["accepted"] == {"tele": 1}
     status, energy = http("GET", gateway.url(f"/api/energy?start_ms=0&end_ms={now_ms() + 10**9}"))
-    assert status == 200 and energy["interval_minutes"] == 15
+    assert status == 200 and energy["interval_s"] == 900
 
 
 def test_uplink_stores_and_forwards_through_a_controller_outage(tmp_path, mosquitto):
