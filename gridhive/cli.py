@@ -30,8 +30,9 @@ def _not_yet(what: str):
 
 @app.command()
 def demo(
-    nodes: int = typer.Option(3, min=1, max=50, help="Number of virtual nodes (homes)."),
-    duration_s: float = typer.Option(60.0, min=1, help="How long to run, in seconds (Ctrl-C stops earlier)."),
+    nodes: int = typer.Option(8, min=1, max=50, help="Number of virtual nodes (homes)."),
+    gateways: int = typer.Option(4, min=1, max=10, help="Number of gateways (each a ledger validator); at most one per home."),
+    duration_s: float = typer.Option(100.0, min=1, help="How long to run, in seconds (Ctrl-C stops earlier)."),
     broker: str = typer.Option("auto", help="auto (Mosquitto if installed, else embedded), embedded or mosquitto."),
 ):
     """Run the community simulation: virtual nodes, a broker and a live view of what they report."""
@@ -39,7 +40,7 @@ def demo(
         raise typer.BadParameter("expected auto, embedded or mosquitto", param_hint="--broker")
     from gridhive.demo import run_demo
 
-    raise typer.Exit(run_demo(nodes=nodes, duration_s=duration_s, broker=broker, console=console))
+    raise typer.Exit(run_demo(nodes=nodes, duration_s=duration_s, broker=broker, console=console, gateways=gateways))
 
 
 @app.command()

@@ -1,13 +1,17 @@
 """`gridhive demo`: a small community on one machine, shown live, then its market day.
 
 Virtual homes run the real node firmware against a broker (Mosquitto when installed, else the
-embedded amqtt broker). A real gateway process verifies, stores and acknowledges what they publish
-and forwards it to a real controller process, whose database feeds the table: each home's grid
-power, voltage, EV charger relay and energy counters, and the gateway's counts. Halfway through,
-the demo switches one home's EV charger on through the gateway's HTTP API. At the end it checks
-that every message each home produced reached the controller exactly once, and shows the homes'
-trading agents on one market day (gridhive.community): LiteRT forecasts, orders, clearing of all
-96 intervals, settlement against the day's metering, and each home's cost with and without the market.
+embedded amqtt broker). The homes are shared among a few gateways, as streets would be. Each
+gateway is three real processes, as on its Raspberry Pi: the gateway service verifies, stores and
+acknowledges what its homes publish and forwards it to a real controller process; a ledger
+validator (the gateways are the community ledger's authorities); and the ledger agent, which
+attests its homes' metered interval energy and enters their orders on the ledger. The live view
+shows each home's power, voltage, EV charger relay and energy counters from the controller's
+database, each gateway's counts, and the chain advancing. Halfway through, the demo switches one
+home's EV charger on through its gateway's HTTP API. At the end it checks that every message each
+home produced reached the controller exactly once, and shows the homes' trading agents on one
+market day (gridhive.community): LiteRT forecasts, orders, clearing of all 96 intervals,
+settlement against the day's metering, and each home's cost with and without the market.
 """
 import json
 import subprocess
@@ -15,6 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Group
@@ -24,28 +29,54 @@ from rich.table import Table
 from gridhive.broker import free_port, start_broker, stop_process, wait_for_port
 from gridhive.community import DEMO_MARKET, PAPERS_CONSUMERS_PCT, PAPERS_PROSUMERS_PCT, simulate_day
 from gridhive.controller.store import open_store
-from gridhive.hardware.virtual_node import GRID_CHANNEL, start_virtual_nodes
+from gridhive.hardware.virtual_node import GRID_CHANNEL, VirtualNode, load_of
+from gridhive.ledger.client import LedgerClient
+from gridhive.ledger.testnet import generate
 
 TELEMETRY_PERIOD_S = 2
 REFRESH_S = 0.5
-GATEWAY_ID = "gw-1"
+# A short market interval so that a run of a minute or two sees orders, clearing and settlement.
+LEDGER_PARAMS = {"interval_s": 15, "gate_closure_s": 3, "reading_grace_s": 8}
+LEDGER_CONSENSUS = {"block_period_ms": 1000, "empty_block_interval_ms": 1000}
+ATTEST_DELAY_S = 3  # > the telemetry period: the interval's last messages are in before attesting
 
 
-def gateway_config(path: Path, homes, broker, http_port: int) -> Path:
-    """gateway.toml for the demo: the homes' registry, the local broker, uplink over the same broker."""
+@dataclass
+class Gateway:
+    """One street's gateway: its homes, its processes' addresses and the processes themselves."""
+
+    gateway_id: str
+    homes: list
+    http_port: int
+    ledger_api: str
+    procs: dict = field(default_factory=dict)  # role -> Popen
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+def gateway_config(path: Path, gw: Gateway, broker, uplink, net, node) -> Path:
+    """gateway.toml for one demo gateway: its homes' registry, its local broker, the uplink to the
+    controller's broker, and its ledger agent's validator, keys and interval."""
     lines = [
-        "[gateway]", f'id = "{GATEWAY_ID}"', f'data_dir = "{path.parent}"', 'log_level = "WARNING"',
+        "[gateway]", f'id = "{gw.gateway_id}"', f'data_dir = "{path.parent}"', 'log_level = "WARNING"',
         "[broker]", f'host = "{broker.host}"', f"port = {broker.port}",
         # amqtt speaks MQTT 3.1.1 only; Mosquitto gets the gateway's MQTT 5 session with manual acks.
         f'mqtt_version = "{"3.1.1" if broker.kind == "embedded" else "5"}"',
-        "[http]", f"port = {http_port}",
+        "[storage]", f"interval_s = {LEDGER_PARAMS['interval_s']}",
+        "[http]", f"port = {gw.http_port}",
         "[homeassistant]", "enabled = false",
-        "[uplink]", f'host = "{broker.host}"', f"port = {broker.port}", "tls = false", "retry_s = 2",
+        "[uplink]", f'host = "{uplink.host}"', f"port = {uplink.port}", "tls = false", "retry_s = 2",
         "status_interval_s = 5",
+        "[ledger]", f'api = "{node.api}"', f'genesis = "{net.dir / "genesis.json"}"',
+        f'key_file = "{node.dir / "validator.key"}"', f"attest_delay_s = {ATTEST_DELAY_S}", "history_intervals = 2",
+        "tick_s = 1.0",
     ]
-    for home in homes:  # the registry follows each node's own config: its CT channels and relays
+    for home in gw.homes:  # the registry follows each node's own config: its CT channels and relays
         n = home.node_id
-        lines += [f"[nodes.{n}]", f'secret_hex = "{home.secret.hex()}"', f'household = "{n}"']
+        lines += [f"[nodes.{n}]", f'secret_hex = "{home.secret.hex()}"', f'household = "{n}"',
+                  f'member_key_file = "{net.member_keys[n]}"']
         for i, ch in enumerate(home.config["channels"]):
             if ch.get("kind", "ct") == "ct":
                 lines += [f"[[nodes.{n}.channels]]", f"n = {i}", f'name = "{ch["name"]}"',
@@ -64,67 +95,97 @@ def _get(url: str, body: dict | None = None, timeout_s: float = 10.0) -> dict:
             return json.loads(resp.read())
     except urllib.error.HTTPError as e:
         return json.loads(e.read() or b"{}") | {"status": e.code}
+    except OSError:
+        return {}
 
 
-def _homes_table(homes, latest, stored, elapsed_s, duration_s, broker_kind) -> Table:
-    table = Table(title=f"gridhive demo — {len(homes)} homes, gateway {GATEWAY_ID}, {broker_kind} broker, "
+def _homes_table(gateways, latest, stored, elapsed_s, duration_s, broker_kind) -> Table:
+    homes = sum(len(gw.homes) for gw in gateways)
+    table = Table(title=f"gridhive demo — {homes} homes, {len(gateways)} gateways, {broker_kind} broker, "
                         f"{elapsed_s:.0f}/{duration_s:.0f} s")
-    for col, justify in (("home", "left"), ("load", "left"), ("grid W", "right"), ("V", "right"),
-                         ("EV relay", "center"), ("EV A", "right"), ("in Wh", "right"), ("out Wh", "right"),
-                         ("at controller", "right"), ("buffered", "right")):
+    for col, justify in (("home", "left"), ("gateway", "left"), ("load", "left"), ("grid W", "right"),
+                         ("V", "right"), ("EV relay", "center"), ("EV A", "right"), ("in Wh", "right"),
+                         ("out Wh", "right"), ("at controller", "right"), ("buffered", "right")):
         table.add_column(col, justify=justify)
-    for home in homes:
-        tele = latest.get(home.node_id)
-        if tele:
-            mains, ev = tele["ch"][0], tele["ch"][1]
-            relay = tele["relays"][0]
-            row = [f"{mains['power_w']:+d}", f"{(tele['vrms_mv'] or 0) / 1000:.1f}",
-                   ("[green]on[/]" if relay["on"] else "off") + (f" [red]{relay['trip']}[/]" if relay["trip"] else ""),
-                   f"{ev['irms_ma'] / 1000:.1f}", str(mains["energy_in_wh"]), str(mains["energy_out_wh"])]
+    for gw in gateways:
+        for home in gw.homes:
+            tele = latest.get(home.node_id)
+            if tele:
+                mains, ev = tele["ch"][0], tele["ch"][1]
+                relay = tele["relays"][0]
+                row = [f"{mains['power_w']:+d}", f"{(tele['vrms_mv'] or 0) / 1000:.1f}",
+                       ("[green]on[/]" if relay["on"] else "off") + (f" [red]{relay['trip']}[/]" if relay["trip"] else ""),
+                       f"{ev['irms_ma'] / 1000:.1f}", str(mains["energy_in_wh"]), str(mains["energy_out_wh"])]
+            else:
+                row = ["…"] * 6
+            table.add_row(home.node_id, gw.gateway_id, home.load.kind, *row, str(stored.get(home.node_id, 0)),
+                          str(home.firmware.buf.depth()))
+    return table
+
+
+def _gateways_table(gateways, stats: dict, ledger: dict, events: list[str]) -> Table:
+    """Per gateway: its ingest counts, its uplink, and its validator's view of the chain."""
+    table = Table(title="gateways and their ledger validators", caption=" · ".join(events[-3:]) or None)
+    for col in ("gateway", "accepted", "duplicates", "rejected", "stored", "uplink outbox", "uplink",
+                "chain height", "last block", "peers"):
+        table.add_column(col, justify="left" if col == "gateway" else "right")
+    for gw in gateways:
+        s, v = stats.get(gw.gateway_id) or {}, ledger.get(gw.gateway_id) or {}
+        row = ([str(s["accepted_total"]), str(s["duplicates"]), str(s["rejected_total"]), str(s["stored_messages"]),
+                str(s["outbox_items"]), "[green]up[/]" if s["uplink_connected"] else "[red]down[/]"]
+               if s else ["…"] * 6)
+        if v:
+            last = v.get("last_commit") or {}
+            age = f"{time.time() - last['time_ms'] / 1000:.1f} s ago, {len(last['signers'])} signers" if last else "—"
+            peers = sum(1 for p in v["peers"] if p["connected"])
+            row += [str(v["height"]), age, f"{peers}/{len(v['peers'])}"]
         else:
-            row = ["…"] * 6
-        table.add_row(home.node_id, home.load.kind, *row, str(stored.get(home.node_id, 0)),
-                      str(home.firmware.buf.depth()))
+            row += ["…"] * 3
+        table.add_row(gw.gateway_id, *row)
     return table
 
 
-def _gateway_table(stats: dict, events: list[str]) -> Table:
-    table = Table(title="gateway", caption=" · ".join(events[-3:]) or None)
-    for col in ("accepted", "duplicates", "rejected", "stored", "uplink outbox", "uplink"):
-        table.add_column(col, justify="right")
-    if stats:
-        table.add_row(str(stats["accepted_total"]), str(stats["duplicates"]), str(stats["rejected_total"]),
-                      str(stats["stored_messages"]), str(stats["outbox_items"]),
-                      "[green]up[/]" if stats["uplink_connected"] else "[red]down[/]")
-    return table
-
-
-def run_demo(nodes: int, duration_s: float, broker: str, console) -> int:
+def run_demo(nodes: int, duration_s: float, broker: str, console, gateways: int = 4) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="gridhive-demo-"))
-    console.print(f"starting the broker ({broker}) …")
-    mqtt_broker = start_broker(broker, workdir / "broker")
-    console.print(f"{mqtt_broker.kind} broker on {mqtt_broker.host}:{mqtt_broker.port}; state in {workdir}")
-    homes = start_virtual_nodes(nodes, mqtt_broker.host, mqtt_broker.port, workdir / "nodes", "mixed",
-                                period_s=TELEMETRY_PERIOD_S, started=False)
+    count = min(gateways, nodes)
+    console.print(f"starting {count + 1} brokers ({broker}): one per gateway for its homes, one for the controller …")
+    # As on site: each gateway's homes talk to the broker on that gateway; gateways reach the
+    # controller through its own broker.
+    brokers = [start_broker(broker, workdir / f"broker-{b}") for b in range(count + 1)]
+    uplink = brokers[count]
+    console.print(f"{uplink.kind} brokers on {', '.join(f'{b.host}:{b.port}' for b in brokers)}; state in {workdir}")
+    homes = [VirtualNode(workdir / "nodes" / f"vnode-{i + 1}", f"vnode-{i + 1}", brokers[i % count].host,
+                         brokers[i % count].port, load_of(i, "mixed"), seed=i, period_s=TELEMETRY_PERIOD_S)
+             for i in range(nodes)]
+    # Each gateway is a ledger authority; a home with PV may sell, the others only buy.
+    net = generate(workdir / "ledger", count, chain_id="gridhive-demo", params=LEDGER_PARAMS,
+                   consensus=LEDGER_CONSENSUS,
+                   members=[(h.node_id, i % count, "prosumer" if h.load.kind == "pv" else "consumer")
+                            for i, h in enumerate(homes)])
+    streets = [Gateway(f"gw-{g + 1}", homes[g::count], free_port(), net.nodes[g].api) for g in range(count)]
     db_url = f"sqlite:///{workdir / 'controller.sqlite3'}"
-    http_port = free_port()
-    (workdir / "gateway").mkdir()
-    config = gateway_config(workdir / "gateway" / "gateway.toml", homes, mqtt_broker, http_port)
     logs = open(workdir / "services.log", "ab")
-    console.print("starting the controller and the gateway …")
-    controller = subprocess.Popen([sys.executable, "-m", "gridhive.controller", "serve", "--db", db_url,
-                                   "--broker", f"{mqtt_broker.host}:{mqtt_broker.port}", "--log-level", "warning"],
-                                  stdout=logs, stderr=logs)
-    gateway = subprocess.Popen([sys.executable, "-m", "gridhive.gateway", "run", "--config", str(config)],
-                               stdout=logs, stderr=logs)
-    api = f"http://127.0.0.1:{http_port}"
+
+    def spawn(*args) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", *args], stdout=logs, stderr=logs)
+
+    console.print(f"starting the controller and {count} gateways, each with its ledger validator and agent …")
+    controller = spawn("gridhive.controller", "serve", "--db", db_url,
+                       "--broker", f"{uplink.host}:{uplink.port}", "--log-level", "warning")
+    for gw, node, local in zip(streets, net.nodes, brokers):
+        (workdir / gw.gateway_id).mkdir()
+        config = gateway_config(workdir / gw.gateway_id / "gateway.toml", gw, local, uplink, net, node)
+        gw.procs["validator"] = spawn("gridhive.ledger", "run", "--config", str(node.config), "--log-level", "warning")
+        gw.procs["gateway"] = spawn("gridhive.gateway", "run", "--config", str(config))
+        gw.procs["agent"] = spawn("gridhive.gateway", "agent", "--config", str(config))
     try:
-        wait_for_port(http_port, timeout_s=30)
+        for gw in streets:
+            wait_for_port(gw.http_port, timeout_s=60)
         for home in homes:
             home.start()
         store = open_store(db_url)
         try:
-            code = _live(homes, api, store, duration_s, mqtt_broker.kind, console)
+            code = _live(streets, store, duration_s, uplink.kind, console)
             console.print("\nstopping: delivering what the homes still have buffered …")
             for home in homes:
                 home.stop_measuring()
@@ -132,18 +193,20 @@ def run_demo(nodes: int, duration_s: float, broker: str, console) -> int:
             code = code or _summary(homes, store, console)
         finally:
             store.close()
+        code = code or _chain_summary(streets, console)
         console.print(_market_table([h.node_id for h in homes]))
         return code
     except TimeoutError:
-        console.print(f"[red]the gateway did not start; see {workdir / 'services.log'}[/]")
+        console.print(f"[red]a gateway did not start; see {workdir / 'services.log'}[/]")
         return 1
     finally:
         for home in homes:
             home.stop()
-        for proc in (gateway, controller):
+        for proc in [p for gw in streets for p in gw.procs.values()] + [controller]:
             stop_process(proc)
         logs.close()
-        mqtt_broker.stop()
+        for b in brokers:
+            b.stop()
 
 
 def _latest_tele(store) -> tuple[dict, dict]:
@@ -152,31 +215,75 @@ def _latest_tele(store) -> tuple[dict, dict]:
     return latest, store.message_counts()
 
 
-def _live(homes, api, store, duration_s, broker_kind, console) -> int:
+def _ledger_status(clients: dict) -> dict:
+    """Each gateway's validator status; a validator still starting (or gone) is left out."""
+    out = {}
+    for gateway_id, client in clients.items():
+        try:
+            out[gateway_id] = client.status()
+        except OSError:
+            client.close()
+    return out
+
+
+def _live(gateways, store, duration_s, broker_kind, console) -> int:
     events: list[str] = []
     commanded = False
     t0 = time.monotonic()
     last_print = 0.0
+    clients = {gw.gateway_id: LedgerClient(gw.ledger_api, timeout_s=2) for gw in gateways}
+    first = gateways[0]
+    target = first.homes[0].node_id
     try:
         with Live(console=console, refresh_per_second=4) as live:
             while (elapsed := time.monotonic() - t0) < duration_s:
                 latest, stored = _latest_tele(store)
-                stats = _get(f"{api}/api/stats")
-                if not commanded and elapsed > duration_s / 2 and "vnode-1" in latest:
+                stats = {gw.gateway_id: _get(f"{gw.api}/api/stats") for gw in gateways}
+                ledger = _ledger_status(clients)
+                if not commanded and elapsed > duration_s / 2 and target in latest:
                     commanded = True
-                    events.append(f"{elapsed:.0f}s: EV charger on at vnode-1 (POST {api}/api/nodes/vnode-1/relays/0)")
-                    reply = _get(f"{api}/api/nodes/vnode-1/relays/0", {"action": "on"})
-                    events.append("vnode-1: " + (f"relay {reply.get('state')}" if reply.get("ok")
-                                                 else f"refused: {reply.get('reason') or reply.get('error')}"))
-                live.update(Group(_homes_table(homes, latest, stored, elapsed, duration_s, broker_kind),
-                                  _gateway_table(stats, events)))
+                    url = f"{first.api}/api/nodes/{target}/relays/0"
+                    events.append(f"{elapsed:.0f}s: EV charger on at {target} (POST {url})")
+                    reply = _get(url, {"action": "on"})
+                    events.append(f"{target}: " + (f"relay {reply.get('state')}" if reply.get("ok")
+                                                   else f"refused: {reply.get('reason') or reply.get('error')}"))
+                live.update(Group(_homes_table(gateways, latest, stored, elapsed, duration_s, broker_kind),
+                                  _gateways_table(gateways, stats, ledger, events)))
                 if not console.is_terminal and elapsed - last_print >= 10:
                     last_print = elapsed
+                    heights = [v["height"] for v in ledger.values()]
                     console.print(f"{elapsed:.0f} s: {sum(stored.values())} messages at the controller from "
-                                  f"{len(stored)} homes; gateway accepted {stats.get('accepted_total')}")
+                                  f"{len(stored)} homes; gateways accepted "
+                                  f"{sum(s.get('accepted_total', 0) for s in stats.values())}; chain height "
+                                  f"{max(heights) if heights else '—'}")
                 time.sleep(REFRESH_S)
     except KeyboardInterrupt:
         pass
+    finally:
+        for client in clients.values():
+            client.close()
+    return 0
+
+
+def _chain_summary(gateways, console) -> int:
+    """Every gateway's validator holds the same final chain: the same block at a common height."""
+    clients = [LedgerClient(gw.ledger_api, timeout_s=5) for gw in gateways]
+    try:
+        statuses = [c.status() for c in clients]
+        common = min(s["height"] for s in statuses)
+        hashes = {json.dumps(c.block(common)["block"], sort_keys=True) for c in clients} if common else set()
+    except OSError as exc:
+        console.print(f"[red]a ledger validator stopped answering: {exc}[/]")
+        return 1
+    finally:
+        for c in clients:
+            c.close()
+    if common == 0 or len(hashes) != 1:
+        console.print(f"[red]the ledger did not advance to one chain: heights "
+                      f"{[s['height'] for s in statuses]}, {len(hashes)} different blocks[/]")
+        return 1
+    console.print(f"[green]ledger: {len(gateways)} validators, one chain, height {common} final on every "
+                  f"gateway[/]")
     return 0
 
 

@@ -138,14 +138,18 @@ class VirtualNode:
             link.client.close()
 
 
+def load_of(i: int, load: str) -> str:
+    """The load kind of home i: `load` itself, or with "mixed" a repeating mix (every 4th has PV)."""
+    return load if load != "mixed" else ("mixed", "pv", "heatpump", "fridge")[i % 4]
+
+
 def start_virtual_nodes(count: int, host: str, port: int, state_dir: Path, load: str = "mixed",
                         period_s: int = 10, log=None, started: bool = True) -> list[VirtualNode]:
     """Start `count` homes; with load "mixed" the homes get a mix of load kinds (some with PV)."""
     nodes = []
     for i in range(count):
-        kind = load if load != "mixed" else ("mixed", "pv", "heatpump", "fridge")[i % 4]
-        node = VirtualNode(Path(state_dir) / f"vnode-{i + 1}", f"vnode-{i + 1}", host, port, kind, seed=i,
-                           period_s=period_s, log=log)
+        node = VirtualNode(Path(state_dir) / f"vnode-{i + 1}", f"vnode-{i + 1}", host, port, load_of(i, load),
+                           seed=i, period_s=period_s, log=log)
         if started:
             node.start()
         nodes.append(node)
