@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import typer
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gridhive.broker import parse_broker
+from gridhive.mqtt_security import TlsSetupError, tls_context
 
 from . import registry
 from .store import open_store
@@ -50,6 +52,20 @@ def serve(
     broker: str = typer.Option("127.0.0.1:1883", envvar="GRIDHIVE_CTL_BROKER", help="MQTT broker as HOST:PORT."),
     client_id: str = typer.Option("gridhive-controller", envvar="GRIDHIVE_CTL_CLIENT_ID",
                                   help="MQTT client id (the broker keeps this session's queue while it is down)."),
+    user: str = typer.Option(None, envvar="GRIDHIVE_CTL_USER", help="MQTT user name."),
+    password: str = typer.Option(None, envvar="GRIDHIVE_CTL_PASSWORD",
+                                 help="MQTT password; better from GRIDHIVE_CTL_PASSWORD (a command line is visible "
+                                      "to every user of the machine)."),
+    tls: bool = typer.Option(False, "--tls", envvar="GRIDHIVE_CTL_TLS",
+                             help="TLS to the broker (also on when a TLS file is given)."),
+    ca_file: Path = typer.Option(None, envvar="GRIDHIVE_CTL_CA_FILE",
+                                 help="CA certificate(s) the broker's certificate must chain to (default: the "
+                                      "system's CA store)."),
+    cert_file: Path = typer.Option(None, envvar="GRIDHIVE_CTL_CERT_FILE", help="Client certificate (PEM)."),
+    key_file: Path = typer.Option(None, envvar="GRIDHIVE_CTL_KEY_FILE", help="The client certificate's key (PEM)."),
+    tls_insecure: bool = typer.Option(False, "--tls-insecure", envvar="GRIDHIVE_CTL_TLS_INSECURE",
+                                      help="Skip the check that the broker's certificate names its host (the "
+                                           "certificate chain is still verified). Off by default."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ):
     """Ingest gateway uplinks (ghc/+/up, ghc/+/status) into the database and acknowledge them."""
@@ -59,11 +75,18 @@ def serve(
         host, port = parse_broker(broker)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--broker")
+    context = None
+    if tls or tls_insecure or ca_file or cert_file or key_file:
+        try:  # a bad file stops here, named, not at the first connection
+            context = tls_context(ca_file, cert_file, key_file, tls_insecure)
+        except TlsSetupError as e:
+            console.print(f"[red]--{e.option.replace('_', '-')}: {e}[/]")
+            raise typer.Exit(2) from None
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _open(db).close()  # fail fast, with a clear message, before connecting to the broker
-    service = ControllerService(db, host, port, client_id=client_id)
-    asyncio.run(_serve(service, db, broker))
+    service = ControllerService(db, host, port, client_id=client_id, user=user, password=password, tls=context)
+    asyncio.run(_serve(service, db, ("mqtts://" if context else "mqtt://") + broker))
     console.print("controller stopped: " + ", ".join(f"{k}={v}" for k, v in sorted(service.counters().items())))
 
 

@@ -5,6 +5,10 @@ runs are grouped into the next transaction (one fsync for many batches), then ev
 ack message naming the gseqs just committed — new ones and duplicates alike, so a gateway whose ack
 was lost is released by its resend. Database calls run on one dedicated thread (a connection is used
 by one thread only).
+
+The broker connection may be TLS (a context from gridhive.mqtt_security) with a user name and
+password. A connection that fails (wrong CA, wrong password, broker away) is counted by reason
+(`connect_failed:<reason>`), logged once with what to check, and retried with backoff.
 """
 from __future__ import annotations
 
@@ -17,6 +21,9 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+
+from gridhive.mqtt_security import ConnectFailure, FailureLog, Options, describe_connack, describe_exception
 
 from .store import open_store
 from .uplink import UplinkError, ack_payload, parse_status, parse_topic, parse_uplink, topic
@@ -26,6 +33,9 @@ log = logging.getLogger(__name__)
 SUBSCRIPTIONS = [("ghc/+/up", 1), ("ghc/+/status", 1)]
 MAX_QUEUED = 10_000      # parsed messages waiting for the writer; beyond this they are dropped unacked
 MAX_GROUP = 64           # batches per transaction
+# What a connection failure message tells the operator to check: `gridhive ctl serve` options.
+OPTIONS = Options(ca_file="--ca-file", insecure="--tls-insecure", credentials="--user / --password",
+                  client_cert="--cert-file / --key-file")
 
 
 class Rejections:
@@ -43,10 +53,14 @@ class Rejections:
 
 
 class ControllerService:
-    def __init__(self, db_url, host="127.0.0.1", port=1883, client_id="gridhive-controller", clock=time.time):
+    def __init__(self, db_url, host="127.0.0.1", port=1883, client_id="gridhive-controller", clock=time.time,
+                 user=None, password=None, tls=None):
+        """`tls`: an ssl.SSLContext (gridhive.mqtt_security.tls_context) for a TLS broker, else plain TCP."""
         self.db_url = db_url
         self.host, self.port = host, port
         self.client_id = client_id
+        self.user, self.password, self.tls = user, password, tls
+        self.failures = FailureLog(log, "broker")
         self.clock = clock
         self.stats = Counter()   # batches/items stored and duplicate, acks sent, statuses, reconnects
         self.reject = Rejections(log)
@@ -82,13 +96,17 @@ class ControllerService:
     async def _sessions(self):
         failures = 0
         while True:
+            connected = False
             try:
                 # A persistent session: while the controller restarts, the broker queues QoS 1 uplinks.
                 # TCP_NODELAY: an ack is one small packet; Nagle would hold it for the previous one's
                 # TCP ACK (up to 40 ms of delayed ACK) on every hop.
                 async with aiomqtt.Client(self.host, self.port, identifier=self.client_id, clean_session=False,
-                                          keepalive=30,
+                                          keepalive=30, username=self.user, password=self.password,
+                                          tls_context=self.tls,
                                           socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]) as client:
+                    connected = True
+                    self.failures.connected()
                     failures = 0
                     client.pending_calls_threshold = MAX_GROUP  # acks in flight after a large group are normal
                     await client.subscribe(SUBSCRIPTIONS)
@@ -104,12 +122,25 @@ class ControllerService:
                     for task in done:
                         task.result()  # MqttError: reconnect below; anything else is a bug: let run() fail
             except aiomqtt.MqttError as e:
-                self.stats["broker_disconnects"] += 1
-                log.warning("broker %s:%d: %s", self.host, self.port, e)
+                if connected:
+                    self.stats["broker_disconnects"] += 1
+                    log.warning("broker %s:%d: %s", self.host, self.port, e)
+                else:
+                    failure = self._connect_failure(e)
+                    self.stats["connect_failed:" + failure.reason] += 1
+                    self.failures.failed(failure)
             self.ready.clear()
             failures += 1
             # Full-jitter backoff, as on the nodes.
             await asyncio.sleep(random.uniform(0, min(30.0, 0.5 * 2 ** failures)))
+
+    def _connect_failure(self, e: aiomqtt.MqttError) -> ConnectFailure:
+        server = f"{self.host}:{self.port}"
+        if isinstance(e, MqttConnectError):
+            return describe_connack(e.rc, server, self.user, OPTIONS)
+        if isinstance(e.__context__, OSError):  # aiomqtt re-raises socket and TLS errors `from None`
+            return describe_exception(e.__context__, server, OPTIONS)
+        return ConnectFailure("mqtt_error", f"cannot connect to {server}: {e}")
 
     async def _reader(self, client):
         async for message in client.messages:

@@ -65,6 +65,13 @@ def check_config(config: Path = CONFIG):
     from .mosquitto import uplink_summary
 
     typer.echo(uplink_summary(cfg))
+    m = cfg.meter
+    if m:
+        where = f"{m.host} port {m.port}" if m.transport == "tcp" else f"{m.serial_port} at {m.baudrate} baud"
+        typer.echo(f"meter: {m.kind} over Modbus {m.transport.upper()} ({where}, unit {m.device_id}) for household "
+                   f"{m.household}, every {m.period_s:g} s")
+    else:
+        typer.echo("meter: none")
 
 
 @app.command("mosquitto-config")

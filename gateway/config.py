@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from gridhive.mqtt_security import TlsSetupError, tls_context
+
 ENV_PREFIX = "GRIDHIVE_GATEWAY__"
 NODE_ID = re.compile(r"^[a-z0-9-]{1,32}$")
 GATEWAY_ID = re.compile(r"^[a-z0-9-]{1,32}$")
@@ -120,6 +122,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "host": _str("127.0.0.1"),
         "port": _int(8883, 1, 65535),
         "tls": _bool(True),
+        "tls_insecure": _bool(False),  # skip only the host-name check; the chain is always verified
         "ca_file": _path(),
         "cert_file": _path(),
         "key_file": _path(),
@@ -163,6 +166,32 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "pin_factory": _str("", choices=("", "mock")),
     },
 }
+
+# Sections that are off unless present. [meter]: the household's utility meter over Modbus
+# (docs/GATEWAY.md, "Utility meter").
+METER_KEYS: dict[str, Key] = {
+    "enabled": _bool(True),
+    "kind": _str(choices=("sdm120", "sdm630", "sunspec")),
+    "household": _str(pattern=re.compile(r"^[A-Za-z0-9_-]{1,64}$")),  # whose grid connection it meters
+    "transport": _str(choices=("tcp", "rtu")),
+    "host": _str(None, nullable=True),         # tcp
+    "port": _int(502, 1, 65535),
+    "serial_port": _str(None, nullable=True),  # rtu: e.g. /dev/ttyUSB0 (it may appear after start-up)
+    "baudrate": Key("int", 9600, choices=(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)),
+    "parity": _str("N", choices=("N", "E", "O")),
+    "stopbits": Key("int", 1, choices=(1, 2)),
+    "device_id": _int(1, 1, 247),
+    "period_s": Key("float", 10.0, 0.5, 900.0),
+    "timeout_s": Key("float", 1.0, 0.05, 30.0),
+    "retries": _int(3, 0, 10),
+    "retry_base_s": Key("float", 0.2, 0.0, 60.0),
+    "retry_cap_s": Key("float", 2.0, 0.0, 60.0),
+    "max_bracket_s": _int(300, 1, 3600),       # interpolate an interval boundary across at most this
+    "circuits_wait_s": _int(300, 0, 86400),    # then check even if a node's readings are missing
+    "tolerance_wh": _int(20, 0, 10_000_000),   # a discrepancy over max(tolerance_wh, tolerance_pct)
+    "tolerance_pct": Key("float", 5.0, 0.0, 100.0),  # ... is logged and marked
+}
+OPTIONAL_SECTIONS: dict[str, dict[str, Key]] = {"meter": METER_KEYS}
 
 NODE_KEYS: dict[str, Key] = {
     "secret_hex": _str(pattern=re.compile(r"^[0-9a-fA-F]{64}$")),
@@ -330,6 +359,7 @@ class GatewayConfig:
     ledger: Section
     gpio: Section
     registry: Registry
+    meter: Section | None = None  # None: no [meter], or enabled = false
 
     @property
     def gateway_id(self) -> str:
@@ -356,8 +386,9 @@ def apply_env(raw: dict, env: Mapping[str, str]) -> dict:
         if not name.startswith(ENV_PREFIX):
             continue
         parts = name[len(ENV_PREFIX):].lower().split("__")
-        if len(parts) != 2 or parts[0] not in SECTIONS or parts[1] not in SECTIONS[parts[0]]:
-            valid = ", ".join(f"{ENV_PREFIX}{s.upper()}__{k.upper()}" for s in SECTIONS for k in SECTIONS[s])
+        schemas = {**SECTIONS, **OPTIONAL_SECTIONS}
+        if len(parts) != 2 or parts[0] not in schemas or parts[1] not in schemas[parts[0]]:
+            valid = ", ".join(f"{ENV_PREFIX}{s.upper()}__{k.upper()}" for s in schemas for k in schemas[s])
             raise ConfigError(name, f"unknown override; valid variables: {valid}")
         section = out.setdefault(parts[0], {})
         if not isinstance(section, dict):
@@ -420,9 +451,10 @@ def parse_config(raw: dict, base_dir: Path, source: Path | None = None,
                  env: Mapping[str, str] | None = None) -> GatewayConfig:
     """Validate an already-parsed TOML document (plus env overrides) into a GatewayConfig."""
     raw = apply_env(raw, os.environ if env is None else env)
-    unknown = sorted(set(raw) - set(SECTIONS) - {"nodes"})
+    unknown = sorted(set(raw) - set(SECTIONS) - set(OPTIONAL_SECTIONS) - {"nodes"})
     if unknown:
-        raise ConfigError(unknown[0], "unknown section; valid sections: " + ", ".join([*SECTIONS, "nodes"]))
+        raise ConfigError(unknown[0], "unknown section; valid sections: "
+                          + ", ".join([*SECTIONS, *OPTIONAL_SECTIONS, "nodes"]))
     sections = {name: Section(_table(name, raw.get(name, {}), specs, base_dir))
                 for name, specs in SECTIONS.items()}
     registry_file = sections["gateway"].registry_file
@@ -443,12 +475,40 @@ def parse_config(raw: dict, base_dir: Path, source: Path | None = None,
             raise ConfigError(f"uplink.{name}", f"{path} does not exist")
     if (uplink.cert_file is None) != (uplink.key_file is None):
         raise ConfigError("uplink.key_file", "cert_file and key_file go together (client certificate)")
+    if uplink.enabled and uplink.tls:
+        try:  # a file that is not a certificate, or a key that does not match, fails here, not on connect
+            tls_context(uplink.ca_file, uplink.cert_file, uplink.key_file, uplink.tls_insecure)
+        except TlsSetupError as e:
+            raise ConfigError(f"uplink.{e.option}", str(e)) from None
     broker = sections["broker"]
     if (broker.tls_cert_file is None) != (broker.tls_key_file is None):
         raise ConfigError("broker.tls_key_file", "tls_cert_file and tls_key_file go together")
     if broker.user == sections["homeassistant"].user:
         raise ConfigError("homeassistant.user", "must differ from broker.user")
-    return GatewayConfig(source=source, registry=registry, **sections)
+    meter = _parse_meter(raw["meter"], registry, base_dir) if "meter" in raw else None
+    return GatewayConfig(source=source, registry=registry, meter=meter, **sections)
+
+
+def _parse_meter(raw: Any, registry: Registry, base_dir: Path) -> Section | None:
+    meter = Section(_table("meter", raw, METER_KEYS, base_dir))
+    if not meter.enabled:
+        return None
+    needs, other = ("host", "serial_port") if meter.transport == "tcp" else ("serial_port", "host")
+    if meter.values[needs] is None:
+        raise ConfigError(f"meter.{needs}", f'required when meter.transport = "{meter.transport}"')
+    if meter.values[other] is not None:
+        raise ConfigError(f"meter.{other}", f'not used with meter.transport = "{meter.transport}"')
+    households = registry.households()
+    if meter.household not in households:
+        raise ConfigError("meter.household", f"no node in the registry belongs to household {meter.household!r} "
+                          f"(households: {', '.join(sorted(households)) or 'none'})")
+    if not any(c.grid for e in households[meter.household] for c in e.channels.values()):
+        raise ConfigError("meter.household", f"household {meter.household!r} has no channel with grid = true: "
+                          "the meter is checked against the circuits at its grid connection")
+    if meter.period_s >= meter.max_bracket_s:
+        raise ConfigError("meter.max_bracket_s", f"must be longer than meter.period_s ({meter.period_s:g} s), "
+                          "else no interval boundary could be interpolated between two readings")
+    return meter
 
 
 def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> GatewayConfig:

@@ -17,6 +17,15 @@ def interval_start(ts_ms: int, interval_ms: int) -> int:
     return ts_ms - ts_ms % interval_ms
 
 
+def _one_interval(start_ms: int, end_ms: int, interval_ms: int) -> int | None:
+    """The start of the interval that owns all of (start_ms, end_ms], or None when it spans several."""
+    # The interval that *ends* at a boundary owns a reading taken on it: step back 1 ms.
+    last = interval_start(end_ms - 1, interval_ms)
+    if end_ms <= start_ms or interval_start(start_ms, interval_ms) == last:
+        return last
+    return None
+
+
 def split_energy(start_ms: int, end_ms: int, energy_wh: int, interval_ms: int) -> list[tuple[int, int]]:
     """Share `energy_wh`, accumulated over (start_ms, end_ms], among the intervals it spans.
 
@@ -25,10 +34,9 @@ def split_energy(start_ms: int, end_ms: int, energy_wh: int, interval_ms: int) -
     """
     if energy_wh == 0:
         return []
-    # The interval that *ends* at a boundary owns a reading taken on it: step back 1 ms.
-    last = interval_start(end_ms - 1, interval_ms)
-    if end_ms <= start_ms or interval_start(start_ms, interval_ms) == last:
-        return [(last, energy_wh)]
+    single = _one_interval(start_ms, end_ms, interval_ms)
+    if single is not None:
+        return [(single, energy_wh)]
     spans = []
     t = start_ms
     while t < end_ms:
@@ -43,3 +51,17 @@ def split_energy(start_ms: int, end_ms: int, energy_wh: int, interval_ms: int) -
     order = sorted(range(len(shares)), key=lambda i: (shares[i][2], i), reverse=True)
     bonus = set(order[:left])
     return [(begin, wh + (i in bonus)) for i, (begin, wh, _) in enumerate(shares) if wh + (i in bonus)]
+
+
+def split_energies(start_ms: int, end_ms: int, import_wh: int, export_wh: int,
+                   interval_ms: int) -> list[tuple[int, int, int]]:
+    """split_energy of a channel's import and export deltas together: [(interval_start_ms,
+    import_wh, export_wh), ...] in time order, intervals where both are zero left out."""
+    single = _one_interval(start_ms, end_ms, interval_ms)
+    if single is not None:  # the usual case, readings seconds apart: nothing to split
+        return [(single, import_wh, export_wh)] if import_wh or export_wh else []
+    parts: dict[int, list[int]] = {}
+    for i, delta in enumerate((import_wh, export_wh)):
+        for start, wh in split_energy(start_ms, end_ms, delta, interval_ms):
+            parts.setdefault(start, [0, 0])[i] += wh
+    return [(start, imp, exp) for start, (imp, exp) in sorted(parts.items())]

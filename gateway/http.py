@@ -6,6 +6,10 @@
   GET  /api/nodes                     what the gateway knows of each node
   GET  /api/stats                     accepted / rejected (by reason) / duplicates / queues
   GET  /api/energy?start_ms=&end_ms=  interval energies per household and per circuit
+  GET  /api/meter                     the utility meter: link, last reading, counters, last cross-check
+  GET  /api/meter/readings?start_ms=&end_ms=  its readings and gaps (by slot)
+  GET  /api/meter/checks?start_ms=&end_ms=    each interval's meter energy against the node circuits
+       (the three: 404 when gateway.toml has no [meter])
   GET  /healthz                       200 while the event loop runs
   GET  /metrics                       Prometheus
 """
@@ -51,12 +55,26 @@ def build_app(gateway: "Gateway") -> Starlette:
         return JSONResponse(gateway.stats())
 
     async def energy(request: Request):
-        try:
-            start_ms = int(request.query_params["start_ms"])
-            end_ms = int(request.query_params["end_ms"])
-        except (KeyError, ValueError):
-            return JSONResponse({"error": "give start_ms and end_ms as integers (Unix ms)"}, 422)
-        return JSONResponse(gateway.energy(start_ms, end_ms))
+        span = _time_range(request)
+        return span if isinstance(span, Response) else JSONResponse(gateway.energy(*span))
+
+    def meter_api(answer):
+        async def endpoint(request: Request):
+            if gateway.meter is None:
+                return JSONResponse({"error": "this gateway reads no utility meter (no [meter] in gateway.toml)"}, 404)
+            return answer(request)
+        return endpoint
+
+    def meter_status(request: Request):
+        return JSONResponse(gateway.meter.status())
+
+    def meter_readings(request: Request):
+        span = _time_range(request)
+        return span if isinstance(span, Response) else JSONResponse(gateway.meter.readings(*span))
+
+    def meter_checks(request: Request):
+        span = _time_range(request)
+        return span if isinstance(span, Response) else JSONResponse(gateway.meter.checks(*span))
 
     async def healthz(request: Request):
         return PlainTextResponse("ok\n")
@@ -69,6 +87,17 @@ def build_app(gateway: "Gateway") -> Starlette:
         Route("/api/nodes", nodes),
         Route("/api/stats", stats),
         Route("/api/energy", energy),
+        Route("/api/meter", meter_api(meter_status)),
+        Route("/api/meter/readings", meter_api(meter_readings)),
+        Route("/api/meter/checks", meter_api(meter_checks)),
         Route("/healthz", healthz),
         Route("/metrics", metrics),
     ])
+
+
+def _time_range(request: Request) -> tuple[int, int] | Response:
+    """(start_ms, end_ms) from the query, or the 422 response saying what is missing."""
+    try:
+        return int(request.query_params["start_ms"]), int(request.query_params["end_ms"])
+    except (KeyError, ValueError):
+        return JSONResponse({"error": "give start_ms and end_ms as integers (Unix ms)"}, 422)

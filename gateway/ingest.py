@@ -2,7 +2,7 @@
 
 Order of checks, each with the reason it is counted by:
 1. topic `gh/<node>/<kind>` with a node-originated kind (`bad_topic`);
-2. `wire.decode` — size, JSON, schema, known node, HMAC (its WireError reasons: `too_large`,
+2. `wire.verify` — size, JSON, schema, known node, HMAC (its WireError reasons: `too_large`,
    `not_json`, `missing_mac`, `bad_mac`, `unknown_node`, ...);
 3. the topic names the node and type inside the signed message (`topic_mismatch`: a node must
    not republish another node's message under its own topic);
@@ -28,7 +28,7 @@ from typing import Callable
 from ghnode import wire
 
 from .config import Registry
-from .energy import split_energy
+from .energy import split_energies
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
@@ -84,13 +84,14 @@ class IntervalEnergy:
     export_wh: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Verdict:
     outcome: str
     node: str | None = None
     reason: str | None = None
     detail: str = ""
     msg: dict | None = None
+    body: str | None = None  # msg's canonical JSON (what its tag covers): stored and forwarded as is
     ack: bool = False  # acknowledge msg["seq"] to the node once stored
     quarantine: bool = False  # store in quarantine (authentic but invalid)
     time_ms: int = 0  # when the reading was taken, on the gateway's clock
@@ -114,6 +115,7 @@ class Ingest:
         self._is_known = is_known
         self.tracks: dict[str, NodeTrack] = tracks if tracks is not None else {}
         self._pending: dict[str, set[int]] = {}
+        self._limits_w: dict[tuple[str, int], float] = {}
         self.accepted: Counter = Counter()  # by message type
         self.rejected: Counter = Counter()  # by reason
         self.duplicates = 0
@@ -132,9 +134,10 @@ class Ingest:
             return self._reject(None, "bad_topic", topic[:80])
         topic_node, kind = parsed
         try:
-            msg = wire.decode(payload, self.registry.secret_for)
+            msg, body = wire.verify(payload, self.registry.secret_for)
         except wire.WireError as e:
             return self._reject(topic_node, e.reason, str(e))
+        body = body.decode()
         node = msg["node"]
         if node != topic_node or msg["t"] != kind:
             return self._reject(topic_node, "topic_mismatch", f"{msg['t']} from {node} on {topic}")
@@ -147,21 +150,21 @@ class Ingest:
 
         seq = msg["seq"]
         if seq <= track.floor_seq:
-            return self._reject(node, "replay", f"seq {seq} <= pruned floor {track.floor_seq}", msg, ack=True)
+            return self._reject(node, "replay", f"seq {seq} <= pruned floor {track.floor_seq}", msg, body, ack=True)
         if seq in self._pending.get(node, ()) or (seq <= track.max_seq and self._is_known(node, seq)):
             self.duplicates += 1
-            return Verdict(DUPLICATE, node=node, msg=msg, ack=True)
+            return Verdict(DUPLICATE, node=node, msg=msg, body=body, ack=True)
 
         time_ms = msg["ts_ms"] if msg["synced"] else rx_ms
         if msg["synced"] and msg["ts_ms"] > rx_ms + self.limits.max_future_ms:
             return self._reject(node, "future_timestamp", f"ts_ms {msg['ts_ms']} is "
-                                f"{(msg['ts_ms'] - rx_ms) // 1000} s ahead", msg, ack=True, quarantine=True)
-        verdict = Verdict(ACCEPTED, node=node, msg=msg, ack=True, time_ms=time_ms)
+                                f"{(msg['ts_ms'] - rx_ms) // 1000} s ahead", msg, body, ack=True, quarantine=True)
+        verdict = Verdict(ACCEPTED, node=node, msg=msg, body=body, ack=True, time_ms=time_ms)
         if kind == "tele":
             problem = self._check_tele(node, msg, track, verdict)
             if problem:
                 reason, detail = problem
-                return self._reject(node, reason, detail, msg, ack=True, quarantine=True)
+                return self._reject(node, reason, detail, msg, body, ack=True, quarantine=True)
 
         # Accepted: only now does the node's state change.
         self._pending.setdefault(node, set()).add(seq)
@@ -178,9 +181,9 @@ class Ingest:
         self.accepted[kind] += 1
         return verdict
 
-    def _reject(self, node, reason, detail, msg=None, ack=False, quarantine=False) -> Verdict:
+    def _reject(self, node, reason, detail, msg=None, body=None, ack=False, quarantine=False) -> Verdict:
         self.rejected[reason] += 1
-        return Verdict(REJECTED, node=node, reason=reason, detail=detail, msg=msg, ack=ack,
+        return Verdict(REJECTED, node=node, reason=reason, detail=detail, msg=msg, body=body, ack=ack,
                        quarantine=quarantine)
 
     def _check_tele(self, node: str, msg: dict, track: NodeTrack, verdict: Verdict):
@@ -189,29 +192,26 @@ class Ingest:
         problem = _check_list("ch", channels, ("power_w",)) or _check_list("relays", relays, ())
         if problem:
             return "bad_schema", problem
-        entry = self.registry.get(node)
         vrms = msg.get("vrms_mv")
         if vrms is not None and (not _is_int(vrms) or vrms < 0):
             return "bad_schema", f"vrms_mv must be an integer >= 0, got {vrms!r}"
         seq, boot, time_ms = msg["seq"], msg["boot"], verdict.time_ms
         for ch in channels:
-            n = ch["n"]
-            for name in ("irms_ma", "va", "energy_in_wh", "energy_out_wh", "pf_milli"):
-                value = ch.get(name)
-                if value is not None and not _is_int(value):
-                    return "bad_schema", f"ch[{n}].{name} must be an integer or null, got {value!r}"
-            in_wh, out_wh = ch.get("energy_in_wh"), ch.get("energy_out_wh")
+            n, get = ch["n"], ch.get
+            irms, va, in_wh, out_wh = get("irms_ma"), get("va"), get("energy_in_wh"), get("energy_out_wh")
+            # JSON gives exact types, so this is _is_int-or-None for all five at C speed.
+            if not set(map(type, (irms, va, in_wh, out_wh, get("pf_milli")))) <= _INT_OR_NONE:
+                name = next(k for k in _CH_INT_FIELDS if get(k) is not None and not _is_int(get(k)))
+                return "bad_schema", f"ch[{n}].{name} must be an integer or null, got {get(name)!r}"
             if (in_wh is None) != (out_wh is None):
                 return "bad_schema", f"ch[{n}] has only one of energy_in_wh / energy_out_wh"
             if in_wh is not None and (in_wh < 0 or out_wh < 0):
                 return "negative_energy", f"ch[{n}] energy_in_wh={in_wh} energy_out_wh={out_wh}"
-            circuit = entry.channels.get(n) if entry else None
-            limit_w = self.limits.power_limit_w(circuit.rating_a if circuit else None)
-            for name in ("power_w", "va"):
-                value = ch.get(name)
+            limit_w = self._limit_w(node, n)
+            for name, value in (("power_w", ch["power_w"]), ("va", va)):
                 if value is not None and abs(value) > limit_w:
                     return "power_out_of_range", f"ch[{n}].{name}={value} exceeds {limit_w:.0f} W"
-            if (ch.get("va") or 0) < 0 or (ch.get("irms_ma") or 0) < 0:
+            if (va or 0) < 0 or (irms or 0) < 0:
                 return "power_out_of_range", f"ch[{n}] has a negative va or irms_ma"
             if in_wh is None:
                 continue
@@ -230,15 +230,23 @@ class Ingest:
                 verdict.counter_resets += 1
             else:
                 verdict.marks[n] = new_mark
-                verdict.energy.extend(self._energy(node, n, mark, new_mark))
+                verdict.energy += [IntervalEnergy(node, n, start, imp, exp) for start, imp, exp in split_energies(
+                    mark.time_ms, time_ms, in_wh - mark.in_wh, out_wh - mark.out_wh, self.limits.interval_ms)]
         return None
 
-    def _energy(self, node: str, n: int, old: ChannelMark, new: ChannelMark) -> list[IntervalEnergy]:
-        parts: dict[int, list[int]] = {}
-        for i, delta in enumerate((new.in_wh - old.in_wh, new.out_wh - old.out_wh)):
-            for start, wh in split_energy(old.time_ms, new.time_ms, delta, self.limits.interval_ms):
-                parts.setdefault(start, [0, 0])[i] += wh
-        return [IntervalEnergy(node, n, start, imp, exp) for start, (imp, exp) in sorted(parts.items())]
+    def _limit_w(self, node: str, n: int) -> float:
+        """power_limit_w of a node's channel, remembered (nodes and channels come from the registry)."""
+        limit = self._limits_w.get((node, n))
+        if limit is None:
+            entry = self.registry.get(node)
+            circuit = entry.channels.get(n) if entry else None
+            limit = self._limits_w[(node, n)] = self.limits.power_limit_w(circuit.rating_a if circuit else None)
+        return limit
+
+
+# The integer-or-null fields of a channel, in the order they are checked.
+_CH_INT_FIELDS = ("irms_ma", "va", "energy_in_wh", "energy_out_wh", "pf_milli")
+_INT_OR_NONE = {int, type(None)}
 
 
 def _is_int(value) -> bool:

@@ -33,9 +33,10 @@ from gridhive.agent.strategy import Position, make_orders
 from gridhive.ledger.client import LedgerClient, LedgerError
 from gridhive.ledger.config import ConfigError as KeyFileError, load_key
 from gridhive.ledger.crypto import SigningKey
-from gridhive.ledger.state import DEFAULT_PARAMS
+from gridhive.ledger.state import chain_params
 from gridhive.ledger.tx import make_tx
 from gridhive.market import MarketConfig, Side
+from gridhive.market.contract import market_config
 
 from .config import ConfigError, GatewayConfig
 from .energy import interval_start
@@ -57,13 +58,9 @@ class Chain:
 
     @classmethod
     def from_genesis(cls, genesis: dict) -> "Chain":
-        p = {**DEFAULT_PARAMS, **genesis.get("params", {})}
-        market = MarketConfig(feed_in_minor_per_kwh=p["feed_in_minor_per_kwh"],
-                              retail_minor_per_kwh=p["retail_minor_per_kwh"],
-                              interval_ms=p["interval_s"] * 1000,
-                              gate_closure_lead_ms=p["gate_closure_s"] * 1000)
+        p = chain_params(genesis)
         return cls(genesis["chain_id"], p["interval_s"] * 1000, p["gate_closure_s"] * 1000,
-                   p["reading_grace_s"] * 1000, market)
+                   p["reading_grace_s"] * 1000, market_config(p))
 
 
 def due_readings(energy: dict[str, dict[int, tuple[int, int]]], now_ms: int, chain: Chain,
@@ -155,14 +152,8 @@ class LedgerAgent:
         return self._roles[household]
 
     def _households_ordered(self, interval_start_s: int) -> set[str]:
-        interval = self.client.state("intervals", str(interval_start_s)) or {"orders": []}
-        mine = set(self.member_keys)
-        out = set()
-        for oid in interval["orders"]:
-            household = (self.client.state("orders", oid) or {}).get("household")
-            if household in mine:
-                out.add(household)
-        return out
+        interval = self.client.state("intervals", str(interval_start_s)) or {"ordered": {}}
+        return set(interval["ordered"]) & set(self.member_keys)
 
     def _nonce(self, key: SigningKey) -> int:
         if key.public_hex not in self._nonces:

@@ -35,3 +35,33 @@ class GatewayMetrics:
         self.command_s = Histogram(p + "relay_command_seconds", "Relay command to node reply", registry=r,
                                    buckets=_LATENCY_S)
         self.pruned = Counter(p + "pruned_rows", "Rows removed by retention", ["table"], registry=r)
+        self.connect_failures = Counter(p + "mqtt_connect_failures", "Failed MQTT connection attempts",
+                                        ["link", "reason"], registry=r)
+
+
+class MeterMetrics:
+    """The utility meter's metrics, in the gateway's registry; registered only when a [meter] is set."""
+
+    def __init__(self, r: CollectorRegistry):
+        p = "gridhive_gateway_meter_"
+        self.readings = Counter(p + "readings", "Meter slots read", registry=r)
+        self.gaps = Counter(p + "gaps", "Meter slots not read, by reason", ["reason"], registry=r)
+        self.request_errors = Counter(p + "request_errors", "Failed Modbus requests (retried or not), by reason",
+                                      ["reason"], registry=r)
+        self.retries = Counter(p + "retries", "Modbus requests retried", registry=r)
+        self.rejected_values = Counter(p + "rejected_values", "Meter values refused by validation, by reason",
+                                       ["reason"], registry=r)
+        self.up = Gauge(p + "up", "1 when the meter's last slot was read", registry=r)
+        self.power_w = Gauge(p + "power_w", "Power at the meter, + import, - export", registry=r)
+        self.energy_wh = Gauge(p + "energy_wh", "The meter's energy counters", ["direction"], registry=r)
+        self.checks = Counter(p + "checks", "Interval cross-checks against the node circuits, by status",
+                              ["status"], registry=r)
+        self.interval_energy_wh = Gauge(p + "interval_energy_wh", "Energy of the last checked interval",
+                                        ["source", "direction"], registry=r)
+        self.discrepancy_wh = Gauge(p + "discrepancy_wh", "Last checked interval: meter net minus circuits net",
+                                    registry=r)
+        self.discrepancy_percent = Gauge(p + "discrepancy_percent",
+                                         "Last checked interval: |discrepancy| in % of the meter's import + export",
+                                         registry=r)
+        self.checked_interval_start_s = Gauge(p + "checked_interval_start_seconds",
+                                              "Start of the last checked interval (Unix time)", registry=r)

@@ -123,8 +123,10 @@ def uplink_summary(cfg: GatewayConfig) -> str:
     if not u.tls:
         return f"uplink: mqtt://{u.host}:{u.port} WITHOUT TLS (set uplink.tls = true outside a lab)"
     ca = u.ca_file or "the system's CA store"
+    name = " (host name NOT checked: uplink.tls_insecure)" if u.tls_insecure else ""
     client = f", client certificate {u.cert_file}" if u.cert_file else ""
-    return f"uplink: mqtts://{u.host}:{u.port}, server verified against {ca}{client}"
+    login = f", user {u.user}" if u.user else ", no user name"
+    return f"uplink: mqtts://{u.host}:{u.port}, server verified against {ca}{name}{client}{login}"
 
 
 def write_broker_files(cfg: GatewayConfig, out_dir: Path, tool: str | None = None,

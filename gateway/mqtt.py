@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -23,6 +24,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from gridhive.mqtt_security import ConnectFailure, FailureLog, Options, describe_connack, describe_exception
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +44,22 @@ class Incoming:
     generation: int  # which connection delivered it: an ack is only valid on that connection
 
 
-@dataclass(frozen=True)
-class Tls:
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-
-
 class MqttLink:
     def __init__(self, *, name: str, host: str, port: int, client_id: str, user: str | None = None,
-                 password: str | None = None, keepalive_s: int = 30, tls: Tls | None = None,
+                 password: str | None = None, keepalive_s: int = 30, tls: ssl.SSLContext | None = None,
                  subscriptions: tuple[tuple[str, int], ...] = (), persistent: bool = False,
                  mqtt5: bool = True, receive_maximum: int = 65535, manual_ack: bool = False,
                  will: tuple[str, bytes, int, bool] | None = None,
                  on_messages: Callable[[list[Incoming]], None] | None = None,
                  on_connect: Callable[[], None] | None = None,
-                 on_disconnect: Callable[[], None] | None = None):
+                 on_disconnect: Callable[[], None] | None = None,
+                 on_connect_failed: Callable[[ConnectFailure], None] | None = None,
+                 options: Options = Options()):
         self.name = name
         self.host, self.port, self.keepalive_s = host, port, keepalive_s
+        self.user, self.options = user, options
+        self._on_connect_failed = on_connect_failed
+        self.failures = FailureLog(log, name)
         self.subscriptions = subscriptions
         self.persistent, self.mqtt5 = persistent, mqtt5
         self.receive_maximum = receive_maximum
@@ -77,13 +78,13 @@ class MqttLink:
         if user:
             c.username_pw_set(user, password or None)
         if tls is not None:
-            c.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
-                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            c.tls_set_context(tls)
         if will:
             c.will_set(*will)
         c.reconnect_delay_set(1, 30)
         c.max_inflight_messages_set(100)
         c.on_connect = self._connected
+        c.on_connect_fail = self._connect_failed
         c.on_disconnect = self._disconnected
         c.on_message = self._message
         self.client = c
@@ -121,7 +122,8 @@ class MqttLink:
 
     def _connected(self, client, userdata, flags, reason, properties):
         if reason.is_failure:
-            log.warning("%s: %s:%d refused the connection: %s", self.name, self.host, self.port, reason)
+            failure = describe_connack(reason, f"{self.host}:{self.port}", self.user, self.options)
+            self._loop.call_soon_threadsafe(self._failed, failure)
             return
         # Bumped on this thread, before any message of the new connection is read.
         self.generation += 1
@@ -132,6 +134,12 @@ class MqttLink:
             else:
                 client.subscribe(topic, qos)
         self._loop.call_soon_threadsafe(self._up)
+
+    def _connect_failed(self, client, userdata):
+        # paho calls this inside its `except OSError` around the connect: the error is the one
+        # being handled (socket, DNS or the TLS handshake).
+        failure = describe_exception(sys.exc_info()[1], f"{self.host}:{self.port}", self.options)
+        self._loop.call_soon_threadsafe(self._failed, failure)
 
     def _disconnected(self, client, userdata, flags, reason, properties):
         self.generation += 1  # acks for what the old connection delivered must not go out
@@ -145,8 +153,14 @@ class MqttLink:
         if first:
             self._loop.call_soon_threadsafe(self._drain)
 
+    def _failed(self, failure: ConnectFailure):
+        self.failures.failed(failure)
+        if self._on_connect_failed:
+            self._on_connect_failed(failure)
+
     def _up(self):
         self.connected = True
+        self.failures.connected()
         log.info("%s: connected to %s:%d", self.name, self.host, self.port)
         if self._on_connect:
             self._on_connect()

@@ -1,9 +1,11 @@
 """The gateway process: one asyncio loop around the pure cores.
 
-  local broker --(paho thread)--> on_messages --> Ingest.receive --> pending batch
+  local broker --(BrokerLink: every packet of a socket read)--> on_messages --> Ingest.receive --> pending batch
   every ack_batch_ms (or commit_max_messages): Storage.commit (one transaction)
       --> PUBACK to the broker --> signed acks to the nodes --> uplink pump, replies, HA states
   a 1 s ticker: uplink resends and status, HA states, LED, metrics, sd_notify watchdog, pruning
+  with a [meter]: the Modbus poller task (gateway.meter.service) reads it every period_s and
+  cross-checks each interval against the household's circuits
   uvicorn serves the HTTP API and /metrics in the same loop.
 
 A message is acknowledged (to the broker and to the node) only after the transaction holding it
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections import Counter
 import logging
 import signal
@@ -24,6 +27,7 @@ from importlib import metadata
 import uvicorn
 
 from ghnode import wire
+from gridhive.mqtt_security import ConnectFailure, Options
 
 from .commands import CommandError, CommandResult, RelayCommands
 from .config import GatewayConfig
@@ -31,7 +35,7 @@ from .homeassistant import OFFLINE, ON, OFF, ONLINE, HomeAssistant
 from .http import build_app
 from .ingest import ACCEPTED, DUPLICATE, REJECTED, STATUS, Ingest, Limits, RejectLog, Verdict
 from .metrics import GatewayMetrics
-from .mqtt import Incoming, MqttLink
+from .brokerlink import BrokerLink, Received
 from .panel import StatusPanel, panel_state
 from .sdnotify import SdNotifier
 from .storage import Storage, canonical_json
@@ -41,6 +45,7 @@ log = logging.getLogger("gridhive.gateway")
 
 ACKS_PER_MESSAGE = 200  # keeps an ack payload well under the node's 4096-byte limit
 HA_STATE_MIN_INTERVAL_MS = 1000  # Home Assistant needs no more than 1 Hz per node
+GC_THRESHOLD = 20_000  # allocations between young-generation collections (CPython's default: 700)
 
 
 def wall_ms() -> int:
@@ -83,17 +88,25 @@ class Gateway:
         if self.ha:
             subs += [(self.ha.birth_topic, 1), (self.ha.command_filter, 1)]
             will = (self.ha.gateway_availability_topic, OFFLINE.encode(), 1, True)
-        self.local = MqttLink(
+        self.local = BrokerLink(
             name="broker", host=b.host, port=b.port, client_id=b.client_id or f"gridhive-gateway-{self.gateway_id}",
             user=b.user, password=b.password or None, keepalive_s=b.keepalive_s, subscriptions=tuple(subs),
-            persistent=True, mqtt5=mqtt5, manual_ack=mqtt5, will=will, on_messages=self._on_messages,
-            on_connect=self._on_broker_connect, on_disconnect=self._on_broker_disconnect)
+            mqtt5=mqtt5, will=will, on_messages=self._on_messages,
+            on_connect=self._on_broker_connect, on_disconnect=self._on_broker_disconnect,
+            on_connect_failed=self._on_broker_connect_failed,
+            options=Options(credentials="broker.user / broker.password"))
+        self.meter = None
+        if cfg.meter:
+            from .meter.service import MeterService  # pymodbus only on gateways with a meter
+            self.meter = MeterService(cfg.meter, registry=cfg.registry, storage=self.storage,
+                                      metrics_registry=self.metrics.registry, interval_ms=cfg.storage.interval_s * 1000,
+                                      tracks=self.ingest.tracks, flush=self.flush, clock_ms=clock_ms)
         self.sd = SdNotifier()
         self.panel: StatusPanel | None = None
         self.http_port: int | None = None
         self._http_task: asyncio.Task | None = None
-        self._pending: list[tuple[Verdict, int, Incoming]] = []
-        self._acks_only: list[Incoming] = []  # MQTT messages that need no storage
+        self._pending: list[tuple[Verdict, int, Received]] = []
+        self._acks_only: list[Received] = []  # MQTT messages that need no storage
         self._flush_handle: asyncio.TimerHandle | None = None
         self._announced: dict[str, tuple[frozenset, frozenset]] = {}
         self._ha_state: dict[str, dict] = {}
@@ -167,16 +180,21 @@ class Gateway:
             self.uplink.start(self._loop)
         server = await self._start_http()
         ticker = asyncio.create_task(self._ticker())
+        meter_task = asyncio.create_task(self.meter.run(self._stop)) if self.meter else None
         log.info("gateway %s %s: %d nodes, database %s, HTTP %s", self.gateway_id, self.fw,
                  len(self.cfg.registry), self.cfg.db_path, self.http_port or "off")
         self.sd.ready(f"serving {len(self.cfg.registry)} nodes")
         await self._stop.wait()
         self.sd.stopping()
         ticker.cancel()
+        if meter_task:
+            meter_task.cancel()  # a read in progress is abandoned: the slot stays unread
+            await asyncio.gather(meter_task, return_exceptions=True)
+            self.meter.close()
         if server:
             server.should_exit = True
             await self._http_task
-        self._shutdown()
+        await self._shutdown()
         if self._fatal:
             log.critical("stopped on a storage error: %s", self._fatal)
             return 1
@@ -187,14 +205,14 @@ class Gateway:
         if self._stop and self._loop:
             self._loop.call_soon_threadsafe(self._stop.set)
 
-    def _shutdown(self) -> None:
+    async def _shutdown(self) -> None:
         if self._pending:
             self.flush()
         if self.uplink:
             self.uplink.stop()
-        if self.ha and self.local.connected:
-            self.local.client.publish(self.ha.gateway_availability_topic, OFFLINE, qos=1, retain=True).wait_for_publish(2)
-        self.local.stop()
+        if self.ha:
+            self.local.publish(self.ha.gateway_availability_topic, OFFLINE, retain=True)
+        await self.local.close(2)  # after the broker has acknowledged what we sent (acks, statuses)
         if self.panel:
             self.panel.close()
         self.storage.close()
@@ -238,12 +256,14 @@ class Gateway:
         s = self.cfg.storage
         deleted = self.storage.prune(now, s.raw_retention_days, s.minute_retention_days,
                                      s.interval_retention_days, self.ingest.tracks)
+        if self.meter:
+            deleted.update(self.storage.prune_meter(now, s.raw_retention_days, s.interval_retention_days))
         for table, n in deleted.items():
             self.metrics.pruned.labels(table).inc(n)
 
     # --- ingest ---------------------------------------------------------------------------------
 
-    def _on_messages(self, batch: list[Incoming]) -> None:
+    def _on_messages(self, batch: list[Received]) -> None:
         now = self.clock_ms()
         for m in batch:
             if m.topic.startswith(wire.TOPIC_ROOT + "/"):
@@ -299,11 +319,13 @@ class Gateway:
         self.metrics.commit_s.observe(time.perf_counter() - started)
         now = self.clock_ms()
         node_acks: dict[str, list[int]] = {}
-        for verdict, rx_ms, m in batch:
+        # Home Assistant shows a node's latest reading: its last tele of the batch is enough.
+        latest = {v.node: i for i, (v, _, _) in enumerate(batch) if v.outcome == ACCEPTED and v.msg["t"] == "tele"}
+        for i, (verdict, rx_ms, m) in enumerate(batch):
             self.local.ack(m)
             if verdict.ack:
                 node_acks.setdefault(verdict.node, []).append(verdict.msg["seq"])
-            self._after_commit(verdict)
+            self._after_commit(verdict, latest.get(verdict.node) == i)
         for node, seqs in node_acks.items():
             self._send_acks(node, seqs)
         # Metrics per batch, not per message: at thousands a second the label lookups add up.
@@ -316,7 +338,7 @@ class Gateway:
             self.uplink.pump()
         self._publish_ha_states(now)
 
-    def _after_commit(self, v: Verdict) -> None:
+    def _after_commit(self, v: Verdict, latest_tele: bool) -> None:
         if v.outcome == STATUS:
             if self.ha:
                 self.local.publish(self.ha.availability_topic(v.node), ONLINE if v.msg["online"] else OFFLINE,
@@ -329,7 +351,7 @@ class Gateway:
             if kind == "reply":
                 self.commands.on_reply(v.node, v.msg)
                 self._ha_relay_state(v.node, v.msg["relay"], v.msg["state"] == "on")
-            elif kind == "tele" and self.ha:
+            elif kind == "tele" and self.ha and latest_tele:
                 self._ha_state.setdefault(v.node, {}).update(self.ha.state(v.msg))
                 self._ha_dirty.add(v.node)
                 self._maybe_announce(v.node, v.msg)
@@ -414,6 +436,9 @@ class Gateway:
     def _on_broker_disconnect(self) -> None:
         self.metrics.connected.labels("broker").set(0)
 
+    def _on_broker_connect_failed(self, failure: ConnectFailure) -> None:
+        self.metrics.connect_failures.labels("broker", failure.reason).inc()
+
 
 class _QuietServer(uvicorn.Server):
     """uvicorn without its own signal handling: the gateway owns SIGTERM/SIGINT."""
@@ -423,4 +448,11 @@ class _QuietServer(uvicorn.Server):
 
 
 def run_gateway(cfg: GatewayConfig) -> int:
-    return asyncio.run(Gateway(cfg).run())
+    gateway = Gateway(cfg)
+    # Every message makes a few dozen short-lived dicts and lists. With the default thresholds the
+    # cyclic GC ran every 700 of them and rescanned the long-lived heap (modules, uvicorn, the
+    # registry) again and again: ~12 % of the CPU at thousands of messages a second, measured.
+    # Long-lived objects made so far are frozen out of its scans; young ones are scanned less often.
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 10, 10)
+    return asyncio.run(gateway.run())

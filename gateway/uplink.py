@@ -10,6 +10,11 @@ sent again, and after every reconnect all stored batches are resent from the old
 therefore at-least-once and in gseq order; the controller drops repeats by (gw, gseq).
 While the controller is away, messages simply accumulate in the outbox (on disk), and a restart
 of the gateway loses nothing: the outbox and the gseq counter are in the database.
+
+The connection is TLS (the controller's broker verified against `ca_file`, its host name checked
+unless `tls_insecure`; a client certificate when given) with a user name and password. A failed
+connection (wrong CA, wrong password, broker away) is named, counted by reason, logged once and
+retried with backoff: the outbox keeps everything meanwhile.
 """
 from __future__ import annotations
 
@@ -18,11 +23,17 @@ import json
 import logging
 from typing import Callable
 
+from gridhive.mqtt_security import ConnectFailure, Options, tls_context
+
 from .metrics import GatewayMetrics
-from .mqtt import Incoming, MqttLink, Tls
+from .mqtt import Incoming, MqttLink
 from .storage import Storage, canonical_json
 
 log = logging.getLogger(__name__)
+
+# What a connection failure message tells the operator to check: the gateway.toml keys.
+OPTIONS = Options(ca_file="uplink.ca_file", insecure="uplink.tls_insecure = true",
+                  credentials="uplink.user / uplink.password", client_cert="uplink.cert_file / uplink.key_file")
 
 
 def up_topic(gateway_id: str) -> str:
@@ -89,15 +100,15 @@ class Uplink:
         self.cfg, self.gateway_id, self.fw = cfg, gateway_id, fw
         self.storage, self.metrics, self.nodes, self.clock_ms = storage, metrics, nodes, clock_ms
         self.window = InflightWindow(cfg.max_inflight_batches, cfg.retry_s * 1000)
-        tls = None
-        if cfg.tls:
-            tls = Tls(*(str(p) if p else None for p in (cfg.ca_file, cfg.cert_file, cfg.key_file)))
+        # Checked by the config already; built here, once per process.
+        tls = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file, cfg.tls_insecure) if cfg.tls else None
         self.link = MqttLink(
             name="uplink", host=cfg.host, port=cfg.port, client_id=f"gridhive-gw-{gateway_id}",
             user=cfg.user or None, password=cfg.password or None, keepalive_s=cfg.keepalive_s, tls=tls,
             subscriptions=((ack_topic(gateway_id), 1),), mqtt5=False,  # 3.1.1: any controller broker
             will=(status_topic(gateway_id), status_payload(gateway_id, fw, False, []), 1, True),
-            on_messages=self._on_acks, on_connect=self._on_connect, on_disconnect=self._on_disconnect)
+            on_messages=self._on_acks, on_connect=self._on_connect, on_disconnect=self._on_disconnect,
+            on_connect_failed=self._on_connect_failed, options=OPTIONS)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.link.start(loop)
@@ -173,3 +184,6 @@ class Uplink:
 
     def _on_disconnect(self) -> None:
         self.metrics.connected.labels("uplink").set(0)
+
+    def _on_connect_failed(self, failure: ConnectFailure) -> None:
+        self.metrics.connect_failures.labels("uplink", failure.reason).inc()

@@ -124,9 +124,10 @@ class EmbeddedBroker:
 
         self._thread = threading.Thread(target=serve, name="embedded-mqtt-broker", daemon=True)
         self._thread.start()
+        # Broker.start() returns once its listener is bound, so no probe connection is needed (amqtt
+        # would log one as a failed client session).
         if not started.wait(15):
             raise RuntimeError("the embedded MQTT broker did not start within 15 s")
-        wait_for_port(self.port)
 
     def stop(self) -> None:
         if self._loop and self._broker:

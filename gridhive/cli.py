@@ -1,5 +1,6 @@
 """The one `gridhive` command: a subcommand group per kind of user."""
 import importlib
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -131,6 +132,8 @@ def flash_bundle(
 def bench(
     name: str = typer.Argument(..., help="Which benchmark (run `gridhive bench list`)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object of named figures."),
+    validators: int = typer.Option(None, "--validators", min=1,
+                                   help="Validator processes, for benchmarks that run a ledger (ledger)."),
 ):
     """Run a benchmark and print its figures as a table (or JSON)."""
     from gridhive.bench import BENCHES
@@ -142,7 +145,11 @@ def bench(
     if name not in BENCHES:
         raise typer.BadParameter(f"unknown benchmark {name!r}; choose from {', '.join(sorted(BENCHES))}",
                                  param_hint="NAME")
-    figures = importlib.import_module(BENCHES[name]).run()
+    run = importlib.import_module(BENCHES[name]).run
+    options = {} if validators is None else {"validators": validators}
+    if options and "validators" not in inspect.signature(run).parameters:
+        raise typer.BadParameter(f"benchmark {name!r} runs no validators", param_hint="--validators")
+    figures = run(**options)
     if as_json:
         print(json.dumps(figures, sort_keys=True))
         return

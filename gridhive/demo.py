@@ -32,9 +32,13 @@ from gridhive.controller.store import open_store
 from gridhive.hardware.virtual_node import GRID_CHANNEL, VirtualNode, load_of
 from gridhive.ledger.client import LedgerClient
 from gridhive.ledger.testnet import generate
+from gridhive.market.loop import LedgerMarket
+from gridhive.market.settlement import statements
 
 TELEMETRY_PERIOD_S = 2
 REFRESH_S = 0.5
+MARKET_REFRESH_S = 2.0
+MINOR_PER_RP = 100  # the ledger counts 1/10,000 CHF (minor_per_major): 100 minor units = 1 Rp
 # A short market interval so that a run of a minute or two sees orders, clearing and settlement.
 LEDGER_PARAMS = {"interval_s": 15, "gate_closure_s": 3, "reading_grace_s": 8}
 LEDGER_CONSENSUS = {"block_period_ms": 1000, "empty_block_interval_ms": 1000}
@@ -178,6 +182,10 @@ def run_demo(nodes: int, duration_s: float, broker: str, console, gateways: int 
         gw.procs["validator"] = spawn("gridhive.ledger", "run", "--config", str(node.config), "--log-level", "warning")
         gw.procs["gateway"] = spawn("gridhive.gateway", "run", "--config", str(config))
         gw.procs["agent"] = spawn("gridhive.gateway", "agent", "--config", str(config))
+    # The controller's market loop clears and settles every interval on the ledger as the operator.
+    market_loop = spawn("gridhive.market", "serve", "--ledger", net.nodes[0].api,
+                        "--operator-key", str(net.dir / "operator.key"), "--poll-ms", "500", "--log-level", "warning")
+    started_s = int(time.time())
     try:
         for gw in streets:
             wait_for_port(gw.http_port, timeout_s=60)
@@ -185,7 +193,7 @@ def run_demo(nodes: int, duration_s: float, broker: str, console, gateways: int 
             home.start()
         store = open_store(db_url)
         try:
-            code = _live(streets, store, duration_s, uplink.kind, console)
+            code = _live(streets, store, duration_s, uplink.kind, console, MarketView(net.nodes[0].api, started_s))
             console.print("\nstopping: delivering what the homes still have buffered …")
             for home in homes:
                 home.stop_measuring()
@@ -194,6 +202,7 @@ def run_demo(nodes: int, duration_s: float, broker: str, console, gateways: int 
         finally:
             store.close()
         code = code or _chain_summary(streets, console)
+        console.print(_statements_table(net.nodes[0].api, homes, started_s))
         console.print(_market_table([h.node_id for h in homes]))
         return code
     except TimeoutError:
@@ -202,7 +211,7 @@ def run_demo(nodes: int, duration_s: float, broker: str, console, gateways: int 
     finally:
         for home in homes:
             home.stop()
-        for proc in [p for gw in streets for p in gw.procs.values()] + [controller]:
+        for proc in [market_loop] + [p for gw in streets for p in gw.procs.values()] + [controller]:
             stop_process(proc)
         logs.close()
         for b in brokers:
@@ -226,7 +235,55 @@ def _ledger_status(clients: dict) -> dict:
     return out
 
 
-def _live(gateways, store, duration_s, broker_kind, console) -> int:
+class MarketView:
+    """The market's intervals as the ledger shows them, for the live view. Settled intervals are
+    kept (they no longer change); the others are read again every MARKET_REFRESH_S."""
+
+    def __init__(self, api: str, since_s: int):
+        self.api = api
+        self.since_s = since_s
+        self.market: LedgerMarket | None = None
+        self.rows: dict[int, list[str]] = {}
+        self._read_at = 0.0
+
+    def table(self) -> Table:
+        if time.monotonic() - self._read_at >= MARKET_REFRESH_S:
+            self._read_at = time.monotonic()
+            try:
+                self._refresh()
+            except OSError:      # the validator is still starting
+                self.market = None
+        interval = self.market.interval_s if self.market else "…"
+        table = Table(title=f"market on the ledger: {interval} s intervals, cleared and settled by the "
+                            f"validators' contract")
+        for col in ("interval (UTC)", "state", "bids", "offers", "readings", "price Rp/kWh", "traded Wh",
+                    "transfers"):
+            table.add_column(col, justify="left" if col in ("interval (UTC)", "state") else "right")
+        for start in sorted(self.rows)[-6:]:
+            table.add_row(*self.rows[start])
+        return table
+
+    def _refresh(self) -> None:
+        if self.market is None:
+            self.market = LedgerMarket(LedgerClient(self.api, timeout_s=2))
+        step = self.market.interval_s
+        now_s = int(time.time())
+        for start, record in self.market.intervals(self.since_s, now_s + 3 * step):
+            if self.rows.get(start, [None, None])[1] == "settled":
+                continue
+            sides = [o["side"] for o in record["ordered"].values()]
+            row = [time.strftime("%H:%M:%S", time.gmtime(start)), record["status"], str(sides.count("buy")),
+                   str(sides.count("sell")), str(len(record["readings"])), "", "", ""]
+            if record["status"] != "open":
+                price = record["clearing"]["clearing_price_minor_per_kwh"]
+                row[5] = f"{price / MINOR_PER_RP:.2f}" if price is not None else "—"
+                row[6] = str(sum(t["energy_wh"] for t in self.market.trades(record)))
+            if record["status"] == "settled":
+                row[7] = str(len(record["settlement"]["transfers"]))
+            self.rows[start] = row
+
+
+def _live(gateways, store, duration_s, broker_kind, console, market: MarketView) -> int:
     events: list[str] = []
     commanded = False
     t0 = time.monotonic()
@@ -248,7 +305,7 @@ def _live(gateways, store, duration_s, broker_kind, console) -> int:
                     events.append(f"{target}: " + (f"relay {reply.get('state')}" if reply.get("ok")
                                                    else f"refused: {reply.get('reason') or reply.get('error')}"))
                 live.update(Group(_homes_table(gateways, latest, stored, elapsed, duration_s, broker_kind),
-                                  _gateways_table(gateways, stats, ledger, events)))
+                                  _gateways_table(gateways, stats, ledger, events), market.table()))
                 if not console.is_terminal and elapsed - last_print >= 10:
                     last_print = elapsed
                     heights = [v["height"] for v in ledger.values()]
@@ -304,6 +361,34 @@ def _drain(homes, store, timeout_s):
 
 def _pct(bp) -> str:
     return "—" if bp is None else f"{bp / 100:+.2f} %"
+
+
+def _statements_table(api: str, homes, since_s: int) -> Table:
+    """Each home's settled result on the ledger during the run: the papers' metric on live data."""
+    client = LedgerClient(api, timeout_s=10)
+    try:
+        market = LedgerMarket(client)
+        settled = [market.settlement(start, record)
+                   for start, record in market.intervals(since_s, int(time.time()) + 1)
+                   if record["status"] == "settled"]
+    finally:
+        client.close()
+    per_home = {s.member_id: s for s in statements(settled, "month")}
+    rp = 1000 * MINOR_PER_RP  # milli-minor per Rp
+    table = Table(title=f"settled on the ledger during the run: {len(settled)} intervals "
+                        f"(energy and money moved together by each settlement transaction)")
+    for col in ("home", "load", "bought Wh", "sold Wh", "grid in Wh", "grid out Wh", "cost Rp",
+                "without market Rp", "reduction"):
+        table.add_column(col, justify="left" if col in ("home", "load") else "right")
+    for home in homes:
+        s = per_home.get(home.node_id)
+        if s is None:
+            table.add_row(home.node_id, home.load.kind, *["—"] * 7)
+            continue
+        table.add_row(home.node_id, home.load.kind, str(s.bought_wh), str(s.sold_wh), str(s.grid_import_wh),
+                      str(s.grid_export_wh), f"{s.cost_milli_minor / rp:.3f}",
+                      f"{s.reference_cost_milli_minor / rp:.3f}", _pct(s.reduction_bp))
+    return table
 
 
 def _market_table(member_ids) -> Table:

@@ -1,5 +1,6 @@
 """The gridhive command as users run it (a real subprocess each time)."""
 import json
+import re
 import subprocess
 import sys
 import time
@@ -23,12 +24,17 @@ def test_every_subcommand_has_help(sub):
     assert "Usage" in out.stdout and len(out.stdout.splitlines()) > 4
 
 
-def test_demo_runs_on_the_embedded_broker_and_loses_nothing():
-    out = gridhive("demo", "--duration-s", "8", "--nodes", "2", "--broker", "embedded", timeout=90)
+def test_demo_runs_on_the_embedded_broker_loses_nothing_and_settles_on_the_ledger():
+    out = gridhive("demo", "--duration-s", "60", "--nodes", "4", "--gateways", "2", "--broker", "embedded",
+                   timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "embedded broker" in out.stdout
     assert "no reading lost" in out.stdout
-    assert "vnode-2:" in out.stdout
+    assert "vnode-4:" in out.stdout
+    assert re.search(r"ledger: 2 validators, one chain, height \d+ final on every gateway", out.stdout)
+    # Within a minute the gateways' agents attest and order, and the market loop clears and settles.
+    settled = re.search(r"settled on the ledger during the run: (\d+) intervals", out.stdout)
+    assert settled and int(settled.group(1)) >= 1, out.stdout
     assert "day-ahead market" in out.stdout and "cost reduction: prosumers" in out.stdout
 
 
@@ -39,6 +45,8 @@ def test_bad_arguments_say_what_is_wrong():
     assert out.returncode == 2 and "HOST:PORT" in out.stderr
     out = gridhive("bench", "nope")
     assert out.returncode == 2 and "unknown benchmark" in out.stderr
+    out = gridhive("bench", "device", "--validators", "3")
+    assert out.returncode == 2 and "runs no validators" in out.stderr
 
 
 def test_provision_writes_a_valid_config_with_a_fresh_secret(tmp_path):

@@ -60,8 +60,8 @@ def test_broker_outage_of_30_s_loses_nothing_and_keeps_order(mosquitto, node_and
     accepted = snap["accepted"]["vnode-1"]
     assert accepted == produced_seqs(node), "a reading was lost, duplicated or reordered"
     assert snap["rejected"] == {}
-    tele = [s for s in accepted]
-    assert len(tele) >= 40
+    # The run covered the readings before the outage and every one buffered during it.
+    assert len(accepted) >= 5 + buffered
 
 
 def test_forged_replayed_and_duplicated_acks_are_ignored(mosquitto, node_and_receiver):

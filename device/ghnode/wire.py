@@ -18,6 +18,25 @@ except ImportError:  # the ESP32 firmware has none: _hmac_sha256 below does RFC 
 # str.isprintable() exists on CPython only; MicroPython checks character by character.
 _FAST_ASCII = hasattr(str, "isprintable") and hasattr(str, "isascii")
 
+
+class _NotInt:
+    """A float, NaN or Infinity as CPython's C parser hands it over: a value that fails every
+    integer check and that the canonical form refuses (bad_type), as a float does on MicroPython."""
+
+    def __init__(self, text):
+        self.text = text
+
+
+def _refuse(value):
+    raise WireError("bad_type", "float values are not allowed (use integer units)")
+
+
+try:  # CPython: the C json codec parses and re-serialises a received message (see _canonical_parsed)
+    _DECODER = json.JSONDecoder(parse_float=_NotInt, parse_constant=_NotInt)
+    _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), check_circular=False, default=_refuse)
+except AttributeError:  # MicroPython's json has loads() and dumps() only
+    _DECODER = _ENCODER = None
+
 VERSION = 1
 TOPIC_ROOT = "gh"
 MAX_PAYLOAD_BYTES = 4096
@@ -100,9 +119,10 @@ def _canon(obj, out):
         out.append("]")
     elif isinstance(obj, dict):
         out.append("{")
-        for i, key in enumerate(sorted(obj)):
+        for key in obj:  # before sorting: mixed key types cannot be sorted
             if not isinstance(key, str):
                 raise WireError("bad_key", "object keys must be strings")
+        for i, key in enumerate(sorted(obj)):
             if i:
                 out.append(",")
             _canon_str(key, out)
@@ -115,9 +135,38 @@ def _canon(obj, out):
 
 def canonical(obj):
     """The canonical bytes of a message (without its `mac`)."""
+    if _ENCODER is not None:
+        # CPython: the C encoder's text, trusted when parsing it gives obj back. A float, a
+        # non-string key or a tuple comes back different, and the portable path below decides.
+        try:
+            text = _c_text(obj)
+        except (TypeError, ValueError):
+            text = None
+        if text is not None and _DECODER.decode(text) == obj:
+            return text.encode()
     out = []
     _canon(obj, out)
     return "".join(out).encode()
+
+
+def _canonical_parsed(obj):
+    """canonical() of an object json parsing produced (string keys, no floats: _NotInt instead)."""
+    if _ENCODER is None:
+        return canonical(obj)
+    text = _c_text(obj)
+    if text is None:
+        raise WireError("bad_string", "only printable ASCII is allowed")
+    return text.encode()
+
+
+def _c_text(obj):
+    """CPython's C encoder with sorted keys and ASCII escapes: the canonical form, or None when a
+    string is not printable ASCII. Any such character comes out as a backslash escape other than
+    \\" and \\\\, which C string methods find."""
+    text = _ENCODER.encode(obj)
+    if "\\" in text and "\\" in text.replace("\\\\", "").replace('\\"', ""):
+        return None
+    return text
 
 
 # --- HMAC-SHA256 (RFC 2104); MicroPython has hashlib.sha256 but no hmac module ---------------
@@ -196,10 +245,19 @@ def decode(payload, secret_for):
 
     Returns the message dict without `mac`; raises WireError with a countable reason.
     """
+    return verify(payload, secret_for)[0]
+
+
+def verify(payload, secret_for):
+    """decode() that also returns the canonical bytes the tag covers: a receiver that stores or
+    forwards the message can use them instead of serialising it again."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise WireError("too_large", "%d bytes" % len(payload))
     try:
-        msg = json.loads(payload)
+        if _DECODER is None:
+            msg = json.loads(payload)
+        else:
+            msg = _DECODER.decode(payload if isinstance(payload, str) else payload.decode())
     except (ValueError, UnicodeError):
         raise WireError("not_json")
     if not isinstance(msg, dict):
@@ -215,6 +273,7 @@ def decode(payload, secret_for):
         expected = unhexlify(tag)
     except ValueError:
         raise WireError("bad_mac", "not hex")
-    if not _same(hmac_sha256(secret, canonical(msg)), expected):
+    body = _canonical_parsed(msg)
+    if not _same(hmac_sha256(secret, body), expected):
         raise WireError("bad_mac")
-    return msg
+    return msg, body

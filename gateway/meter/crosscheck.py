@@ -88,3 +88,17 @@ def cross_check(meter, circuits, tolerance_pct=5.0, tolerance_wh=20):
     return CrossCheck(meter.start_ms, meter.interval_ms, meter.import_wh, meter.export_wh,
                       circuits_import_wh, circuits_export_wh, discrepancy_wh, pct,
                       abs(discrepancy_wh) <= max(tolerance_wh, tolerance_pct / 100.0 * throughput_wh))
+
+
+def check_due(end_ms, now_ms, meter_through_ms, circuits_through_ms, max_bracket_ms, circuits_wait_ms):
+    """(due, circuits_complete) for the interval ending at `end_ms`: check it once both sides are final.
+
+    The meter side is final with a reading at or after the end (it brackets the boundary), or once
+    `max_bracket_ms` has passed (no later reading could: the meter side is a gap). The circuits are
+    complete when every one has a reading at or after the end (`circuits_through_ms`, the oldest of
+    their latest readings, None if one never reported); without that the check waits
+    `circuits_wait_ms` for a node that is away, then goes ahead marked incomplete.
+    """
+    meter_final = (meter_through_ms is not None and meter_through_ms >= end_ms) or now_ms >= end_ms + max_bracket_ms
+    complete = circuits_through_ms is not None and circuits_through_ms >= end_ms
+    return meter_final and (complete or now_ms >= end_ms + circuits_wait_ms), complete

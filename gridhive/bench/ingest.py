@@ -18,23 +18,28 @@ What runs (all on this machine, every piece a separate process):
   unacknowledged by the broker, and verifies the gateway's signed acks on `gh/<node>/ack`.
   Unlike real nodes they never resend: a message the pipeline loses stays lost and is reported.
 
-Phases of `run()`:
-1. raw: the load generators pre-encode `messages` telemetry messages (untimed), then publish them all
-   at once while `mosquitto_sub -V mqttv5 -q 1 -t 'gh/+/tele' -C <n>` receives them; the gateway is
-   not running yet, so nothing else consumes them. `raw_broker_msgs_per_s` = messages / (last
-   message printed by mosquitto_sub - start). `publish_msgs_per_s` is how fast the generators got them
-   into the broker (their last PUBACK): when it is well above the receive rates, the generators are
-   not the limit.
-2. gateway: the gateway starts (its retained births arrive), then the same pre-encoded messages are
-   published again the same way. `gateway_msgs_per_s` = messages / (the moment the gateway's
-   `gridhive_gateway_messages_accepted_total` on /metrics, polled every 0.1 s, reaches them - start):
-   verified, stored (committed) and acknowledged. `ratio` = gateway / raw (mosquitto_sub is C and
-   only receives; the gateway is one Python process that verifies, stores, acks and forwards every
-   message, and in a burst its paho thread also receives the backlog). CPU time of every process
-   is read from /proc during this phase: `gateway_cpu_util` (cores used by the gateway process; about
-   1.0 means its one Python core is the limit), `gateway_msgs_per_cpu_s` (messages per CPU-second of
-   the gateway: the figure least affected by other load on a shared machine), `machine_idle_frac`.
-   `end_to_end_msgs_per_s` = messages / (all of them in the controller's database - start).
+Phases of `run()`. Both receive rates are measured on the same offered load: the same `messages`
+pre-encoded telemetry messages (encoded untimed), published by the same generators into the broker
+while the receiver is away, so they wait in its persistent session; then the receiver connects and
+drains them. The generators are not running while a rate is timed (they share the machine's cores),
+and `publish_msgs_per_s` (how fast they got a burst into the broker, their last PUBACK) shows they
+are not what limits either rate.
+1. raw: `mosquitto_sub -V mqttv5 -q 1 -c -x 3600 -i bench-raw -t 'gh/+/tele'` subscribes and leaves
+   (`-E`), the burst is queued, and the same session reconnects and prints one line per message
+   (`-C <n>`) — the same kind of session as the gateway's (MQTT 5, persistent, QoS 1), acking each
+   message on receipt. `raw_broker_msgs_per_s` = messages / (last line - start of mosquitto_sub).
+2. gateway: the gateway runs once (its retained births are stored, its session subscribed), is
+   stopped with SIGTERM (its session stays in the broker), the burst is queued, and it starts again.
+   `gateway_msgs_per_s` = messages / (its `gridhive_gateway_messages_accepted_total` on /metrics,
+   polled every 0.1 s, reaching them - the last poll before the first was accepted): verified,
+   stored (committed) and acknowledged; its Python start-up is not timed, its connect is. Both
+   rates err low by up to one sample interval. `ratio` = gateway / raw: mosquitto_sub is C and only
+   receives; the gateway is one Python process that verifies, stores, acks and forwards every
+   message. CPU time of every process is read from /proc during this phase: `gateway_cpu_util`
+   (cores used by the gateway while draining; about 1.0 means its Python core is the limit),
+   `gateway_msgs_per_cpu_s` (messages per CPU-second of the gateway: the figure least affected by
+   other load on a shared machine), `raw_mosquitto_sub_cpu_util`, `machine_idle_frac`.
+   `end_to_end_msgs_per_s` = messages / (all of them in the controller's database - the gateway's start).
 3. latency: at a steady `latency_rate` messages/s for `latency_s` seconds, every message carrying its
    publish time in `ts_ms` (wall clock, encoded just before it is sent). The controller's `messages`
    table has `received_ms`, which the controller stamps immediately before the transaction that
@@ -569,6 +574,10 @@ class _Site:
             sock_path.unlink()
         wait_for_port(self.http_port, 20)
 
+    def stop_gateway(self) -> None:
+        """SIGTERM: the gateway commits and acknowledges what it has; its broker session stays."""
+        stop_process(self.procs["gateway"], 20)
+
     def gateway_get(self, path: str) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
             return r.read().decode()
@@ -713,59 +722,92 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 # --- the raw broker rate ---------------------------------------------------------------------------
 
-def _raw_phase(site: _Site, gens: _Generators, count: int, cpu_groups: dict) -> dict:
+def _queue_burst(gens: _Generators) -> float:
+    """The generators publish everything prepared while its receiver is away: it waits in the
+    receiver's persistent session. Returns the generators' publish rate (all PUBACKed)."""
+    start_at = time.time() + 0.2
+    gens.send("burst", start_at)
+    pub = gens._collect(600)
+    return sum(r["sent"] for r in pub) / (max(r["t_done"] for r in pub) - start_at)
+
+
+def _drain_rate(samples: list[tuple[float, int, float]]) -> tuple[float, float, float]:
+    """(messages/s, receiver CPU-seconds, seconds) of a drain from its samples (time, messages so
+    far, receiver CPU-seconds), the first one taken before anything arrived: from the last sample
+    still at 0 (the receiver is started and connecting) to the last one. The receiver's start-up
+    before that is left out; what is counted errs towards a lower rate by up to one sample interval."""
+    start = max(i for i, x in enumerate(samples) if x[1] == 0)
+    first, last = samples[start], samples[-1]
+    return last[1] / (last[0] - first[0]), last[2] - first[2], last[0] - first[0]
+
+
+def _raw_phase(site: _Site, gens: _Generators, count: int) -> dict:
     sub_exe = shutil.which("mosquitto_sub")
     if not sub_exe:
         raise RuntimeError("mosquitto_sub is not installed: `apt-get install mosquitto-clients` "
                            "(scripts/setup.sh --test installs it)")
-    # A retained probe tells us when mosquitto_sub's subscriptions are in place (it arrives first).
-    probe = _Conn("127.0.0.1", site.port, "bench-probe")
-    probe.publish(b"bench/probe", b"1", retain=True)
-    probe.drain()
-    # -F %t prints one line (the topic) per message; -C: the probe plus `count` messages, then exit.
+    # The same session as the gateway's: MQTT 5, persistent (-c, expiry -x), QoS 1, acking on receipt.
+    session = [sub_exe, "-h", "127.0.0.1", "-p", str(site.port), "-V", "mqttv5", "-q", "1", "-c", "-x", "3600",
+               "-i", "bench-raw", "-t", "gh/+/tele"]
+    subprocess.run(session + ["-E"], check=True, timeout=30, stderr=subprocess.DEVNULL)  # subscribe, leave
+    publish_rate = _queue_burst(gens)
+    broker_cpu0, t0 = _cpu_s(site.pid("broker")[0]), time.time()
+    samples = [(t0, 0, 0.0)]  # (time, lines so far, mosquitto_sub CPU-seconds)
+    # -F %t prints one line (the topic) per message; -C: exit after `count` messages.
     with open(site.dir / "sub.log", "wb") as errlog:
-        proc = subprocess.Popen([sub_exe, "-h", "127.0.0.1", "-p", str(site.port), "-V", "mqttv5", "-q", "1",
-                                 "-i", "bench-raw", "-t", "gh/+/tele", "-t", "bench/probe", "-F", "%t",
-                                 "-C", str(count + 1)], stdout=subprocess.PIPE, stderr=errlog)
-    got = {"probe": threading.Event(), "lines": 0, "t_last": 0.0}
+        proc = subprocess.Popen(session + ["-F", "%t", "-C", str(count)], stdout=subprocess.PIPE, stderr=errlog)
 
     def read():
-        first = proc.stdout.readline()
-        if first.strip() == b"bench/probe":
-            got["probe"].set()
+        lines = 0
         while True:
             chunk = proc.stdout.read1(1 << 16)
             if not chunk:
                 return
-            got["lines"] += chunk.count(b"\n")
-            now = time.time()
-            got["t_last"] = now
+            lines += chunk.count(b"\n")
+            samples.append((time.time(), lines, _cpu_s(proc.pid)))
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        if not got["probe"].wait(15):
-            raise RuntimeError(f"mosquitto_sub did not subscribe: {_tail(site.dir / 'sub.log')}")
-        watch = _CpuWatch(cpu_groups | {"mosquitto_sub": [proc.pid]})
-        start_at = time.time() + 0.2
-        gens.send("burst", start_at)
-        pub = gens._collect(600)
         reader.join(max(60, count / 1000))  # EOF: mosquitto_sub has exited after its -C count
-        cpu = watch.utilisation()  # before wait() reaps it: a zombie's /proc/<pid>/stat still has its times
         proc.wait(10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        probe.publish(b"bench/probe", b"", retain=True)  # clear it
-        probe.drain()
-        probe.sock.close()
-    if got["lines"] != count:
-        raise RuntimeError(f"mosquitto_sub received {got['lines']} of {count} messages")
-    publish_s = max(r["t_done"] for r in pub) - start_at
-    return {"raw_broker_msgs_per_s": count / (got["t_last"] - start_at),
-            "publish_msgs_per_s": count / publish_s,
-            "raw_cpu": cpu}
+    got = samples[-1][1] if samples else 0
+    if got != count:
+        raise RuntimeError(f"mosquitto_sub received {got} of {count} messages: {_tail(site.dir / 'sub.log')}")
+    rate, cpu_s, wall_s = _drain_rate(samples)
+    return {"raw_broker_msgs_per_s": rate, "publish_msgs_per_s": publish_rate,
+            "raw_mosquitto_sub_cpu_util": cpu_s / wall_s,
+            "raw_broker_cpu_util": (_cpu_s(site.pid("broker")[0]) - broker_cpu0) / (samples[-1][0] - t0)}
+
+
+def _gateway_phase(site: _Site, gens: _Generators, count: int, cpu_groups: dict) -> dict:
+    """The gateway's drain of the same backlog: stopped (its session stays in the broker), the
+    burst queued, started again; rate from its accepted counter (stored, committed, acked)."""
+    site.stop_gateway()
+    publish_rate = _queue_burst(gens)
+    site.start_gateway()
+    gw_pid = site.pid("gateway")[0]
+    watch = _CpuWatch(cpu_groups | {"gateway": [gw_pid]})
+    samples = [(time.time(), 0, _cpu_s(gw_pid))]
+    deadline = time.time() + max(120.0, count / 300)
+    while samples[-1][1] < count:
+        time.sleep(POLL_S)
+        accepted, decided = site.gateway_counts()
+        samples.append((time.time(), accepted, _cpu_s(gw_pid)))
+        if decided >= count and samples[-11:][0][1] == accepted and accepted < count:
+            _say(f"gateway: only {accepted} of {count} messages accepted, the rest refused")
+            break  # everything decided, nothing accepted for 1 s: the checks below report it
+        if time.time() > deadline:
+            raise RuntimeError(f"the gateway stored {accepted} of {count} messages:\n{_tail(site.dir / 'gateway.log')}")
+    cpu = watch.utilisation()
+    rate, cpu_s, wall_s = _drain_rate(samples)
+    return {"gateway_msgs_per_s": rate, "gateway_cpu_s": cpu_s, "gateway_cpu_util": cpu_s / wall_s,
+            "publish_msgs_per_s_gateway_phase": publish_rate,
+            "cpu": cpu, "t_start": samples[0][0]}
 
 
 # --- run() and soak() -----------------------------------------------------------------------------
@@ -787,10 +829,8 @@ def run(messages: int = 60_000, nodes: int = 200, publishers: int = 2, latency_r
         count = sum(r["prepared"] for r in prep)
         _say(f"{count} messages of ~{sum(r['bytes'] for r in prep) // count} bytes encoded for {nodes} nodes "
              f"by {publishers} generators in {max(r['encode_s'] for r in prep):.1f} s")
-        groups = {"broker": site.pid("broker"), "publishers": gens.pids}
-
-        raw = _raw_phase(site, gens, count, groups)
-        _say(f"raw: mosquitto_sub {raw['raw_broker_msgs_per_s']:.0f}/s, "
+        raw = _raw_phase(site, gens, count)
+        _say(f"raw: mosquitto_sub drained {raw['raw_broker_msgs_per_s']:.0f}/s, "
              f"generators published {raw['publish_msgs_per_s']:.0f}/s")
 
         site.start_gateway()
@@ -798,29 +838,12 @@ def run(messages: int = 60_000, nodes: int = 200, publishers: int = 2, latency_r
         deadline = time.monotonic() + 30
         while site.gateway_stats()["pending"] and time.monotonic() < deadline:
             time.sleep(POLL_S)
-        groups |= {"gateway": site.pid("gateway"), "controller": site.pid("controller"),
-                   "ctl_broker": site.pid("ctl_broker")}
-        base = site.gateway_counts()
-        watch = _CpuWatch(groups)
-        gw_start = time.time() + 0.2
-        gens.send("burst", gw_start)
-        samples = [(gw_start, 0, 0)]
-        timeout = max(120.0, count / 300)
-        while samples[-1][1] < count:
-            time.sleep(POLL_S)
-            accepted, decided = site.gateway_counts()
-            samples.append((time.time(), accepted - base[0], decided - base[1]))
-            if samples[-1][2] >= count and samples[-11:][0][1] == samples[-1][1]:
-                _say(f"gateway: only {samples[-1][1]} of {count} messages accepted, the rest refused")
-                break  # everything decided, nothing accepted for 1 s: the checks below report it
-            if time.time() - gw_start > timeout:
-                raise RuntimeError(f"the gateway stored {samples[-1][1]} of {count} messages in {timeout:.0f} s:\n"
-                                   f"{_tail(workdir / 'gateway.log')}")
-        t_gateway = samples[-1][0]
-        cpu = watch.utilisation()
-        pub = gens._collect(600)
-        _say(f"gateway: {samples[-1][1] / (t_gateway - gw_start):.0f}/s (gateway process at "
-             f"{cpu['gateway']:.2f} cores, machine idle {cpu['machine_idle_frac']:.0%})")
+        groups = {"broker": site.pid("broker"), "publishers": gens.pids, "controller": site.pid("controller"),
+                  "ctl_broker": site.pid("ctl_broker")}
+        gw = _gateway_phase(site, gens, count, groups)
+        cpu = gw["cpu"]
+        _say(f"gateway: drained {gw['gateway_msgs_per_s']:.0f}/s (gateway process at {gw['gateway_cpu_util']:.2f} "
+             f"cores, machine idle {cpu['machine_idle_frac']:.0%})")
         t_ctl = site.wait_controller(count, max(120.0, count / 200), "burst")
 
         # Latency at a steady, moderate rate.
@@ -843,7 +866,7 @@ def run(messages: int = 60_000, nodes: int = 200, publishers: int = 2, latency_r
         checks = site.verify(last_seq)
         stats = site.gateway_stats()
         site.check_alive()
-    gateway_rate = samples[-1][1] / (t_gateway - gw_start)  # accepted: stored and acked
+    gateway_rate = gw["gateway_msgs_per_s"]  # accepted: verified, stored (committed) and acked
     raw_rate = raw["raw_broker_msgs_per_s"]
     return {
         "gateway_msgs_per_s": round(gateway_rate),
@@ -857,17 +880,16 @@ def run(messages: int = 60_000, nodes: int = 200, publishers: int = 2, latency_r
         "nodes": nodes,
         "publishers": publishers,
         "publish_msgs_per_s": round(raw["publish_msgs_per_s"]),
-        "publish_msgs_per_s_gateway_phase": round(count / (max(r["t_done"] for r in pub) - gw_start)),
-        "raw_broker_cpu_util": round(raw["raw_cpu"]["broker"], 2),
-        "raw_mosquitto_sub_cpu_util": round(raw["raw_cpu"]["mosquitto_sub"], 2),
-        "raw_publishers_cpu_util": round(raw["raw_cpu"]["publishers"], 2),
-        "gateway_cpu_util": round(cpu["gateway"], 2),
-        "gateway_msgs_per_cpu_s": round(samples[-1][1] / max(1e-9, cpu["gateway"] * cpu["wall_s"])),
+        "publish_msgs_per_s_gateway_phase": round(gw["publish_msgs_per_s_gateway_phase"]),
+        "raw_broker_cpu_util": round(raw["raw_broker_cpu_util"], 2),
+        "raw_mosquitto_sub_cpu_util": round(raw["raw_mosquitto_sub_cpu_util"], 2),
+        "gateway_cpu_util": round(gw["gateway_cpu_util"], 2),
+        "gateway_msgs_per_cpu_s": round(gateway_rate / max(1e-9, gw["gateway_cpu_util"])),
         "broker_cpu_util": round(cpu["broker"], 2),
         "publishers_cpu_util": round(cpu["publishers"], 2),
         "controller_cpu_util": round(cpu["controller"] + cpu["ctl_broker"], 2),
         "machine_idle_frac": round(cpu["machine_idle_frac"], 3),
-        "end_to_end_msgs_per_s": round(count / (t_ctl - gw_start)) if t_ctl else None,
+        "end_to_end_msgs_per_s": round(count / (t_ctl - gw["t_start"])) if t_ctl else None,
         "latency_rate_msgs_per_s": latency_rate,
         "latency_samples": len(lat),
         "latency_max_ms": lat[-1] if lat else None,

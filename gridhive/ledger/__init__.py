@@ -7,11 +7,11 @@ from .crypto import SigningKey
 from .mempool import MempoolConfig
 from .node import Node, NodeConfig
 from .provenance import provenance
-from .rules import MarketRules, MidpointRules
+from .rules import ChainRules, MarketRules
 from .state import BlockError, State
 from .tx import TxError, make_cert, make_tx, tx_id
 
 __all__ = ["Broadcast", "CommitBlock", "Halt", "PersistSigned", "Schedule", "Send", "ServeBlocks",
            "ConsensusConfig", "verify_commit", "SigningKey", "MempoolConfig", "Node", "NodeConfig",
-           "provenance", "MarketRules", "MidpointRules", "BlockError", "State", "TxError", "make_cert",
+           "provenance", "ChainRules", "MarketRules", "BlockError", "State", "TxError", "make_cert",
            "make_tx", "tx_id"]

@@ -41,8 +41,23 @@ class ServeBlocks:
 
 
 @dataclass(frozen=True)
+class ServeSnapshot:
+    peer: str
+    above_height: int            # the peer's last final height: send the newest snapshot above it,
+    from_height: int             # else blocks from this height as ServeBlocks does
+    max_blocks: int
+
+
+@dataclass(frozen=True)
+class InstallSnapshot:
+    header: dict                 # the final header of the snapshot's height
+    commit: list                 # its commit certificate
+    snapshot: bytes              # canonical snapshot (§5.3), already verified against the header
+
+
+@dataclass(frozen=True)
 class Halt:
     reason: str
 
 
-Action = Broadcast | Send | Schedule | PersistSigned | CommitBlock | ServeBlocks | Halt
+Action = Broadcast | Send | Schedule | PersistSigned | CommitBlock | ServeBlocks | ServeSnapshot | InstallSnapshot | Halt

@@ -121,6 +121,10 @@ def build_app(validator) -> Starlette:
     async def status(request: Request) -> Response:
         return _json(validator.status())
 
+    async def genesis(request: Request) -> Response:
+        """The chain's genesis: its id, operator and parameters (interval, gate closure, tariffs…)."""
+        return _json(validator.config.genesis)
+
     async def partition(request: Request) -> Response:
         if not validator.config.admin:
             return _error(404, "not_found", "admin endpoints are off")
@@ -140,6 +144,7 @@ def build_app(validator) -> Starlette:
         Route("/v1/blocks/{height:int}", block),
         Route("/v1/commits", commits),
         Route("/v1/status", status),
+        Route("/v1/genesis", genesis),
         Route("/v1/admin/partition", partition, methods=["POST"]),
     ])
 

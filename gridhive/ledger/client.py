@@ -102,6 +102,9 @@ class LedgerClient:
     def status(self) -> dict:
         return self.request("GET", "/v1/status")
 
+    def genesis(self) -> dict:
+        return self.request("GET", "/v1/genesis")
+
     def state(self, table: str, key: str):
         """The value in `table` at `key`, or None."""
         try:

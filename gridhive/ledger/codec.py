@@ -55,16 +55,26 @@ def _no_float(text: str):
     raise CodecError("malformed", "float")
 
 
-def decode(data: bytes, max_bytes: int):
-    """Parse `data`, accepting only values whose canonical encoding is exactly `data`."""
+# made once: json.loads with hooks builds a decoder per call, which costs as much as a small parse
+_decoder = json.JSONDecoder(parse_float=_no_float, parse_constant=_no_float)
+
+
+def loads(data: bytes, max_bytes: int):
+    """Parse `data` as JSON without floats. The caller must still check that `data` is the
+    canonical encoding of the value (as `decode` does)."""
     if len(data) > max_bytes:
         raise CodecError("oversized", f"{len(data)} > {max_bytes} bytes")
     try:
-        value = json.loads(data, parse_float=_no_float, parse_constant=_no_float)
-    except (ValueError, RecursionError) as exc:
+        return _decoder.decode(data.decode())
+    except (ValueError, RecursionError) as exc:       # UnicodeDecodeError included
         if isinstance(exc, CodecError):
             raise
         raise CodecError("malformed", "not JSON") from None
+
+
+def decode(data: bytes, max_bytes: int):
+    """Parse `data`, accepting only values whose canonical encoding is exactly `data`."""
+    value = loads(data, max_bytes)
     if encode(value) != data:
         raise CodecError("malformed", "not canonical")
     return value

@@ -13,9 +13,9 @@ from .consensus import ConsensusConfig
 from .crypto import SigningKey
 from .mempool import MempoolConfig
 from .node import NodeConfig
-from .state import check_genesis
+from .state import chain_params, check_genesis
 
-DEFAULT_RULES = "gridhive.ledger.rules:MidpointRules"
+DEFAULT_RULES = "gridhive.market.contract:MarketContract"
 
 
 class ConfigError(ValueError):
@@ -137,7 +137,7 @@ def load(path: Path, environ=os.environ) -> ServiceConfig:
         p2p=_section(raw, "p2p", P2PConfig, where),
         admin=test.get("admin", False), clock_offset_ms=test.get("clock_offset_ms", 0))
     try:
-        config.make_rules()
+        config.make_rules().for_chain(chain_params(genesis), genesis.get("feeders", {}))
     except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigError(f"{where}: [validator] rules: {exc}") from None
     return config

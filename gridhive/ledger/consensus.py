@@ -7,11 +7,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from .actions import Broadcast, CommitBlock, Halt, PersistSigned, Schedule, Send, ServeBlocks
+from .actions import Broadcast, CommitBlock, Halt, PersistSigned, Schedule, Send, ServeBlocks, ServeSnapshot
 from .codec import hash_value
 from .evidence import make_evidence
 from .messages import (NIL, MsgError, check_signed, decision_msg, proposal_msg, signer_of,
-                       sync_request_msg, vote_msg)
+                       snapshot_request_msg, sync_request_msg, vote_msg)
 from .privval import PrivValidator
 from .valset import ValidatorSet
 
@@ -35,6 +35,9 @@ class ConsensusConfig:
     future_buffer_per_validator: int = 64
     serve_max_blocks: int = 16
     decision_buffer_heights: int = 64
+    relay_fanout: int = 3              # validators each vote is relayed to (§6.4)
+    snapshot_sync_min_heights: int = 64     # §8.4: fetch a snapshot when it spares replaying this many blocks
+    snapshot_wait_ms: int = 5_000           # how long a requested snapshot may take before blocks are synced
 
     def timeout_ms(self, kind: str, round_: int) -> int:
         """[TM] §4: timeoutX(r) = initTimeoutX + r * timeoutDelta, so rounds eventually last long enough."""
@@ -76,8 +79,14 @@ def verify_commit(block: dict, commit, validators: ValidatorSet, chain_id: str) 
 
 class Consensus:
     def __init__(self, chain_id: str, config: ConsensusConfig, app: App, privval: PrivValidator | None,
-                 height: int, validators: ValidatorSet):
+                 height: int, validators: ValidatorSet, snapshot_interval_heights: int = 0):
+        """`snapshot_interval_heights`: the chain's (§5.3), so catch-up knows which heights have
+        snapshots; 0 for none."""
         self.chain_id = chain_id
+        self.snapshot_interval_heights = snapshot_interval_heights
+        self.snapshot_peer: str | None = None         # the peer last asked for a snapshot (§8.4)
+        self._snapshot_asked_ms = -10**12
+        self._last_snapshot_serve: dict[str, int] = {}
         self.config = config
         self.app = app
         self.privval = privval
@@ -85,6 +94,7 @@ class Consensus:
         self._inbox: deque = deque()
         self._last_sync_ms: dict[str, int] = {}
         self._last_serve: dict[str, tuple[int, int]] = {}
+        self._peer_behind: dict[str, tuple[int, int]] = {}     # peer -> (height, first seen there, ms)
         self._decisions: dict[int, tuple[str, dict]] = {}
         self._reset_height(height, validators)
 
@@ -129,17 +139,29 @@ class Consensus:
                 elif kind == "precommit":                               # [TM] 65–67
                     self._start_round(self.round + 1, now_ms)
                 elif kind == "retransmit":
-                    self.out.extend(Broadcast(data) for data in self._own.get(self.round, ()))
+                    self._retransmit()
                     self._schedule("retransmit", self.round, now_ms + self.config.retransmit_ms)
         return self._finish(now_ms)
 
-    def has_seen(self, digest: str) -> bool:
-        """A consensus message of this height already handled or buffered (§6.4: duplicates are
-        dropped by hash before signatures are checked)."""
-        return digest in self._seen or digest in self._future_seen
+    def on_copy(self, peer: str, digest: str, now_ms: int) -> list | None:
+        """None if `digest` is not a consensus message of this height or the last one already
+        handled or buffered here. Else the actions for that copy (§6.4: duplicates are dropped by
+        hash before they are parsed, let alone verified): none, unless it is a peer's own message
+        of the last height, which says that peer is behind (§8.3)."""
+        if digest in self._seen or digest in self._future_seen:
+            return []
+        signer = self._seen_last.get(digest)
+        if signer is None:
+            return None
+        if signer == peer and self._peer_stuck(peer, self.height - 1, now_ms):
+            self._serve(peer, self.height - 1, now_ms)
+        return self._finish(now_ms)
 
     def on_work(self, now_ms: int) -> list:
-        """The app has something to propose (txs or evidence): end an empty-block wait early."""
+        """The app has something to propose (txs or evidence): end an empty-block wait early.
+        Called for every admitted tx: outside that wait it must cost nothing."""
+        if self.step != NEW_HEIGHT:
+            return []
         self._maybe_start(now_ms)
         return self._finish(now_ms)
 
@@ -154,11 +176,16 @@ class Consensus:
         # (round, type) -> validator -> block_hash -> vote. One hash per validator unless it
         # equivocated and a proof-of-lock brought the other version (see _store_pol).
         self.votes: dict[tuple[int, str], dict[str, dict[str, dict]]] = {}
+        self._powers: dict[tuple, int] = {}       # _power's answers since the votes last changed
         self._round_senders: dict[int, set[str]] = {}
         self._far: dict[str, set[int]] = {}
         self._fired: set[tuple[str, int]] = set()
-        self._own: dict[int, list[bytes]] = {}
-        self._seen: set[str] = set()
+        self._own: dict[int, list[bytes]] = {}        # own votes per round
+        self._proposal_msgs: dict[int, bytes] = {}     # the stored proposals as they came, per round
+        # digest -> signer of the messages handled at this height and the last one (retransmissions
+        # of a finished height keep coming from nodes that have not finished it yet)
+        self._seen_last: dict[str, str] = getattr(self, "_seen", {})
+        self._seen: dict[str, str] = {}
         self._future: list[tuple[str, dict, bytes, str]] = []
         self._future_seen: set[str] = set()
         self._start_at_ms: int | None = None
@@ -188,6 +215,9 @@ class Consensus:
         if kind == "sync_request":
             self._serve(peer, env["height"], now_ms)
             return
+        if kind == "snapshot_request":
+            self._serve_snapshot(peer, env["height"], now_ms)
+            return
         if kind == "decision":
             self._on_decision(env["block"], env["commit"], now_ms)
             return
@@ -199,25 +229,42 @@ class Consensus:
             raise MsgError("malformed", "message kind")
         height = msg["height"]
         if height < self.height:
-            if signer_of(msg) == peer:      # the peer itself is behind (a relay of an old message is not)
+            # the peer itself is behind (a relay of an old message is not)
+            # (and asks for a snapshot itself when one would spare it many blocks, §8.4)
+            if signer_of(msg) == peer and not self._snapshot_helps(height, self.height) \
+                    and self._peer_stuck(peer, height, now_ms):
                 self._serve(peer, height, now_ms)
             return
         if height > self.height:
-            self._request_sync(peer, now_ms)
+            self._request_sync(peer, height, now_ms)
             if height == self.height + 1 and len(self._future) < self.config.future_buffer_per_validator * len(self.validators):
                 self._future.append((peer, env, data, digest))
                 self._future_seen.add(digest)
             return
-        self._seen.add(digest)
+        self._seen[digest] = signer_of(msg)
         if kind == "proposal":
-            stored = self._store_proposal(msg, env["block"])
+            stored = self._store_proposal(msg, env["block"], data)
             self._store_pol(msg, env["pol"])
         else:
             stored = self._store_vote(msg)
+            if stored:
+                self._relay(peer, msg["validator"], data, digest)   # proposals are passed on in _retransmit
         if stored:
-            self.out.append(Broadcast(data, exclude=peer))    # relay (§6.4)
             if self.step == NEW_HEIGHT:
                 self._start_round(0, now_ms)
+
+    def _relay(self, peer: str, signer: str, data: bytes, digest: str) -> None:
+        """§6.4: pass a vote on, to `relay_fanout` validators other than its signer and the peer it
+        came from, chosen by its digest so the load spreads. Its signer sent it to everyone
+        already; relays carry it across a broken link and let some honest node see both halves
+        of an equivocation, and relaying it to all would cost n² messages per vote."""
+        others = [v for v in self.validators.order if v not in (peer, signer)
+                  and v != (self.privval.pubkey if self.privval else None)]
+        if len(others) <= self.config.relay_fanout:
+            self.out.append(Broadcast(data, exclude=peer))
+            return
+        start = int(digest[:8], 16) % len(others)
+        self.out.extend(Send(v, data) for v in (others + others)[start:start + self.config.relay_fanout])
 
     def _admit_round(self, validator: str, round_: int) -> bool:
         """Memory bound (§6.4): at most `far_rounds_per_validator` rounds beyond round + 1 per validator."""
@@ -234,13 +281,15 @@ class Consensus:
             for (r, _), by_validator in self.votes.items():
                 if r == lowest:
                     by_validator.pop(validator, None)
+            self._powers.clear()
             self._round_senders.get(lowest, set()).discard(validator)
             if self.proposals.get(lowest, {}).get("proposer") == validator:
                 del self.proposals[lowest]
+                del self._proposal_msgs[lowest]
         far.add(round_)
         return True
 
-    def _store_proposal(self, proposal: dict, block) -> bool:
+    def _store_proposal(self, proposal: dict, block, data: bytes) -> bool:
         proposer, round_ = proposal["proposer"], proposal["round"]
         if proposer not in self.validators:
             raise MsgError("not_validator")
@@ -256,6 +305,7 @@ class Consensus:
         if not self._admit_round(proposer, round_):
             return False
         self.proposals[round_] = proposal
+        self._proposal_msgs[round_] = data
         self.blocks.setdefault(proposal["block_hash"], block)
         self._round_senders.setdefault(round_, set()).add(proposer)
         return True
@@ -278,6 +328,7 @@ class Consensus:
         if not self._admit_round(validator, round_):
             return False
         self.votes[(round_, vote["type"])].setdefault(validator, {})[vote["block_hash"]] = vote
+        self._powers.clear()
         self._round_senders.setdefault(round_, set()).add(validator)
         return True
 
@@ -299,10 +350,58 @@ class Consensus:
         self.app.on_evidence(make_evidence(a, b))
 
     # -- catch-up (§8.3) ------------------------------------------------------------------------
-    def _request_sync(self, peer: str, now_ms: int) -> None:
-        if peer is not None and now_ms - self._last_sync_ms.get(peer, -10**12) >= self.config.retransmit_ms:
-            self._last_sync_ms[peer] = now_ms
-            self.out.append(Send(peer, sync_request_msg(self.height)))
+    def _request_sync(self, peer: str, seen_height: int, now_ms: int) -> None:
+        """Ask `peer`, which is at `seen_height`, for what this node lacks: its newest snapshot
+        when that would spare replaying at least snapshot_sync_min_heights blocks (§8.4), and
+        blocks (§8.3) if none came within snapshot_wait_ms, or when no snapshot would help."""
+        if peer is None or now_ms - self._last_sync_ms.get(peer, -10**12) < self.config.retransmit_ms:
+            return
+        self._last_sync_ms[peer] = now_ms
+        if self._snapshot_helps(self.height, seen_height):
+            waited_ms = now_ms - self._snapshot_asked_ms
+            if waited_ms >= 2 * self.config.snapshot_wait_ms:
+                self._snapshot_asked_ms, self.snapshot_peer = now_ms, peer
+                self.out.append(Send(peer, snapshot_request_msg(self.height)))
+                return
+            if waited_ms < self.config.snapshot_wait_ms:
+                return        # one is on its way: blocks replayed meanwhile would be wasted
+        self.out.append(Send(peer, sync_request_msg(self.height)))
+
+    def _snapshot_helps(self, behind: int, ahead: int) -> bool:
+        """Whether a node at height `behind` is spared snapshot_sync_min_heights blocks by the
+        newest snapshot a node at height `ahead` can have (§5.3: one every interval)."""
+        interval = self.snapshot_interval_heights
+        return interval > 0 and (ahead - 1) // interval * interval - (behind - 1) >= self.config.snapshot_sync_min_heights
+
+    def _serve_snapshot(self, peer: str, height: int, now_ms: int) -> None:
+        """A snapshot above the peer's final height `height - 1`, or blocks when the service has
+        none (at most once per snapshot_wait_ms per peer: a snapshot is large)."""
+        if peer is None or not 1 <= height < self.height:
+            return
+        if now_ms - self._last_snapshot_serve.get(peer, -10**12) < self.config.snapshot_wait_ms:
+            return
+        self._last_snapshot_serve[peer] = now_ms
+        self.out.append(ServeSnapshot(peer, height - 1, height, self.config.serve_max_blocks))
+
+    def jump(self, height: int, validators: ValidatorSet, peer: str, now_ms: int) -> list:
+        """The app installed a snapshot of height - 1 (§8.4): go on from `height`, and ask `peer`,
+        which served it, for the blocks since."""
+        self._enter(height, validators, (), now_ms)
+        self.out.append(Send(peer, sync_request_msg(height)))
+        return self._finish(now_ms)
+
+    def _peer_stuck(self, peer: str, height: int, now_ms: int) -> bool:
+        """§8.3: a peer one height behind is usually about to commit that height itself (serving
+        it the block would cost both a block's transfer and decoding for nothing): serve it when
+        its own messages still come from that height a retransmit period later, or when it is
+        further behind."""
+        if height < self.height - 1:
+            return True
+        seen = self._peer_behind.get(peer)
+        if seen is None or seen[0] != height:
+            self._peer_behind[peer] = (height, now_ms)
+            return False
+        return now_ms - seen[1] >= self.config.retransmit_ms
 
     def _serve(self, peer: str, from_height: int, now_ms: int) -> None:
         if peer is None or not 1 <= from_height < self.height:
@@ -371,9 +470,23 @@ class Consensus:
         # [TM] relies on gossip delivering the prevotes of pol_round to everyone; across a
         # partition they may be lost, so the proposal carries its proof-of-lock along.
         data = proposal_msg(proposal, block, self._pol(pol_round, bhash) if pol_round >= 0 else [])
-        self._store_proposal(proposal, block)
-        self._own.setdefault(round_, []).append(data)
+        self._store_proposal(proposal, block, data)
         self.out.append(Broadcast(data))
+
+    def _retransmit(self) -> None:
+        """§6.4: own votes of this round to everyone, and this round's proposal, own or received,
+        to the validators that have not voted for its block: the others have it already, and it
+        carries a whole block. This is also how a proposal is passed on (relayed)."""
+        self.out.extend(Broadcast(data) for data in self._own.get(self.round, ()))
+        proposal = self.proposals.get(self.round)
+        if proposal is None:
+            return
+        bhash = proposal["block_hash"]
+        have = {v for vote_type in ("prevote", "precommit")
+                for v, by_hash in self.votes.get((self.round, vote_type), {}).items() if bhash in by_hash}
+        have.update((proposal["proposer"], self.privval.pubkey if self.privval else None))
+        data = self._proposal_msgs[self.round]
+        self.out.extend(Send(v, data) for v in self.validators.order if v not in have)
 
     def _pol(self, round_: int, bhash: str) -> list[dict]:
         """The prevotes for `bhash` in `round_` (a proof-of-lock once they form a quorum)."""
@@ -396,8 +509,15 @@ class Consensus:
         self.out.append(Broadcast(data))
 
     def _power(self, round_: int, vote_type: str, bhash: str | None = None) -> int:
-        votes = self.votes.get((round_, vote_type), {})
-        return self.validators.power_of(v for v, by_hash in votes.items() if bhash is None or bhash in by_hash)
+        """Memoised until the next vote is stored: `_advance` asks the same questions over and
+        over, and each answer walks every validator's votes."""
+        key = (round_, vote_type, bhash)
+        power = self._powers.get(key)
+        if power is None:
+            votes = self.votes.get((round_, vote_type), {})
+            power = self._powers[key] = self.validators.power_of(
+                v for v, by_hash in votes.items() if bhash is None or bhash in by_hash)
+        return power
 
     def _valid(self, bhash: str) -> bool:
         block = self.blocks.get(bhash)
@@ -427,11 +547,14 @@ class Consensus:
         height = self.height
         self.out.append(CommitBlock(height, block, commit))     # durable before anything of h + 1
         validators = self.app.finalize(block, commit, now_ms)
-        future = self._future
-        self._reset_height(height + 1, validators)
-        self._inbox.extend(future)
-        pending = self._decisions.pop(height + 1, None)
-        self._decisions = {h: d for h, d in self._decisions.items() if h > height + 1}
+        self._enter(height + 1, validators, self._future, now_ms)
+
+    def _enter(self, height: int, validators: ValidatorSet, replay, now_ms: int) -> None:
+        """Start `height`: replay the messages buffered for it, and a decision that came early."""
+        self._reset_height(height, validators)
+        self._inbox.extend(replay)
+        pending = self._decisions.pop(height, None)
+        self._decisions = {h: d for h, d in self._decisions.items() if h > height}
         if pending is not None:
             self._inbox.append((None, {"kind": "decision", "block": pending[0], "commit": pending[1]},
                                 decision_msg(*pending), ""))

@@ -10,7 +10,7 @@ class MempoolConfig:
     max_per_sender: int = 64
     max_future_nonces: int = 16
     ttl_ms: int = 60_000
-    max_txs_per_proposal: int = 5_000     # proposer policy: a block every validator re-executes within a round
+    max_txs_per_proposal: int = 3_000     # proposer policy: a block every validator re-executes within a round
 
 
 @dataclass
@@ -20,6 +20,7 @@ class _Entry:
     nonce: int
     seq: int
     added_ms: int
+    size_bytes: int
 
 
 class Mempool:
@@ -35,8 +36,9 @@ class Mempool:
     def __contains__(self, tx_id: str) -> bool:
         return tx_id in self._by_id
 
-    def add(self, tx: dict, tx_id: str, account_nonce: int, now_ms: int) -> None:
-        """Admit a well-formed, authorised tx; raises TxError with the §9 reason."""
+    def add(self, tx: dict, tx_id: str, account_nonce: int, now_ms: int, *, size_bytes: int) -> None:
+        """Admit a well-formed, authorised tx (`size_bytes`: its canonical size); raises TxError
+        with the §9 reason."""
         c = self.config
         sender, nonce = tx["sender"], tx["nonce"]
         queue = self._by_sender.get(sender, {})
@@ -53,8 +55,25 @@ class Mempool:
         if len(self._by_id) >= c.max_txs:
             raise TxError("mempool_full")
         self._seq += 1
-        self._by_id[tx_id] = _Entry(tx, sender, nonce, self._seq, now_ms)
+        self._by_id[tx_id] = _Entry(tx, sender, nonce, self._seq, now_ms, size_bytes)
         self._by_sender.setdefault(sender, {})[nonce] = tx_id
+
+    def checked(self, tx: dict) -> tuple[str, int] | None:
+        """(id, canonical size) of `tx` if this very transaction is pending here, so it passed
+        check_tx (§3.1: chain, schema, signature) on admission and need not again inside a block.
+        Found by sender and nonce, then compared in full: a tx that differs in any value, its
+        signature included, is not found. `tx` must be ledger JSON already (decoded or walked):
+        Python's `==` would take True for 1."""
+        if type(tx) is not dict or type(tx.get("sender")) is not str or type(tx.get("nonce")) is not int:
+            return None
+        queue = self._by_sender.get(tx["sender"])
+        if queue is None:
+            return None
+        tx_id = queue.get(tx["nonce"])
+        if tx_id is None:
+            return None
+        entry = self._by_id[tx_id]
+        return (tx_id, entry.size_bytes) if entry.tx == tx else None
 
     def remove(self, tx_id: str) -> None:
         entry = self._by_id.pop(tx_id, None)

@@ -1,5 +1,5 @@
 """Consensus messages and wire envelopes: build, sign, check (LEDGER.md §6.2)."""
-from .codec import CodecError, decode, encode, encode_unchecked, is_hex, signing_bytes
+from .codec import CodecError, decode, encode, encode_unchecked, is_hex, loads, signing_bytes
 from .crypto import SigningKey, verify
 
 PROPOSAL_DOMAIN = "gridhive/proposal/v1"
@@ -10,7 +10,8 @@ _VOTE_KEYS = {"chain_id", "type", "height", "round", "block_hash", "validator", 
 _PROPOSAL_KEYS = {"chain_id", "height", "round", "pol_round", "block_hash", "proposer", "sig"}
 _ENVELOPE_KEYS = {"proposal": {"kind", "proposal", "block", "pol"}, "vote": {"kind", "vote"},
                   "decision": {"kind", "block", "commit"}, "sync_request": {"kind", "height"},
-                  "tx": {"kind", "tx"}}
+                  "tx": {"kind", "tx"}, "snapshot_request": {"kind", "height"},
+                  "snapshot_chunk": {"kind", "header", "commit", "index", "total", "data"}}
 
 
 class MsgError(ValueError):
@@ -79,6 +80,22 @@ def check_signed(msg, chain_id: str) -> None:
         raise MsgError("bad_signature")
 
 
+TX_MSG_PREFIX = b'{"kind":"tx","tx":'      # canonical JSON: a tx envelope is known by its first bytes
+
+
+def parse_tx_msg(data: bytes, max_bytes: int) -> tuple[dict, bytes]:
+    """A `tx` envelope: (the tx, the bytes it claims as its canonical encoding). The canonical
+    check is check_tx_sized's (`raw`), which encodes the tx anyway: one encoding, not two."""
+    try:
+        env = loads(data, max_bytes)
+    except CodecError as exc:
+        raise MsgError(exc.reason) from None
+    if not (data.startswith(TX_MSG_PREFIX) and type(env) is dict and set(env) == _ENVELOPE_KEYS["tx"]
+            and env["kind"] == "tx"):
+        raise MsgError("malformed", "envelope")
+    return env["tx"], data[len(TX_MSG_PREFIX):-1]
+
+
 def parse(data: bytes, max_bytes: int) -> dict:
     """Decode a wire envelope and check its shape (contents are checked by their handlers)."""
     try:
@@ -87,8 +104,12 @@ def parse(data: bytes, max_bytes: int) -> dict:
         raise MsgError(exc.reason) from None
     if type(env) is not dict or set(env) != _ENVELOPE_KEYS.get(env.get("kind"), ()):
         raise MsgError("malformed", "envelope")
-    if env["kind"] == "sync_request" and not _nat(env["height"]):
+    if env["kind"] in ("sync_request", "snapshot_request") and not _nat(env["height"]):
         raise MsgError("malformed", "height")
+    if env["kind"] == "snapshot_chunk" and not (
+            type(env["header"]) is dict and type(env["commit"]) is list and type(env["data"]) is str
+            and _nat(env["index"]) and type(env["total"]) is int and env["index"] < env["total"]):
+        raise MsgError("malformed", "snapshot chunk")
     if env["kind"] == "decision" and type(env["commit"]) is not list:
         raise MsgError("malformed", "commit")
     if env["kind"] == "proposal" and type(env["pol"]) is not list:
@@ -115,5 +136,11 @@ def sync_request_msg(height: int) -> bytes:
     return encode({"kind": "sync_request", "height": height})
 
 
-def tx_msg(tx: dict) -> bytes:
-    return encode_unchecked({"kind": "tx", "tx": tx})
+def snapshot_request_msg(height: int) -> bytes:
+    """`height`: the sender's next height; a snapshot above its last final height is wanted."""
+    return encode({"kind": "snapshot_request", "height": height})
+
+
+def tx_msg(tx: dict, tx_bytes: bytes | None = None) -> bytes:
+    """`tx_bytes`: canonical(tx), if at hand."""
+    return TX_MSG_PREFIX + (tx_bytes or encode_unchecked(tx)) + b"}"

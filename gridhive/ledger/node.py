@@ -4,15 +4,16 @@ the returned actions in order."""
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .actions import Broadcast
+from .actions import Broadcast, InstallSnapshot
 from .codec import digest, hash_value
 from .consensus import STEP_NAMES, App, Consensus, ConsensusConfig, block_hash
 from .crypto import SigningKey
 from .evidence import EvidencePool
 from .mempool import Mempool, MempoolConfig
-from .messages import MsgError, parse, tx_msg
+from .messages import TX_MSG_PREFIX, MsgError, parse, parse_tx_msg, tx_msg
 from .privval import PrivValidator
 from .rules import MarketRules
+from .snapshot import Assembly, SnapshotError, verify
 from .state import BlockError, PendingBlock, State
 from .tx import TxError, check_tx_sized, make_tx
 from .valset import ValidatorSet
@@ -34,6 +35,8 @@ class Node(App):
         blocks after it in order, and the last-signed record."""
         self.config = config
         self.key = key
+        self._genesis, self._rules = genesis, rules        # to verify snapshots from peers (§8.4)
+        self._snapshot: Assembly | None = None
         self.state = State.from_snapshot(genesis, rules, *snapshot) if snapshot else State(genesis, rules)
         for block in blocks:
             self.state.commit(self.state.execute(block, decoded=True))
@@ -51,7 +54,7 @@ class Node(App):
         self._out: list = []
         privval = PrivValidator(key, signed_record) if key else None
         self.consensus = Consensus(self.chain_id, config.consensus, self, privval, self.state.height + 1,
-                                   self.state.validators())
+                                   self.state.validators(), self.state.params["snapshot_interval_heights"])
 
     # -- entry points ---------------------------------------------------------------------------
     def start(self, now_ms: int) -> list:
@@ -59,16 +62,25 @@ class Node(App):
 
     def on_message(self, peer: str, data: bytes, now_ms: int) -> list:
         msg_digest = digest(data)
-        if self._gossip_seen.get(msg_digest) in self.mempool or self.consensus.has_seen(msg_digest):
-            return []          # a copy relayed by another peer: hashing is all it costs
+        if self._gossip_seen.get(msg_digest) in self.mempool:
+            return []          # a copy of a pending tx: hashing is all it costs
+        copy_actions = self.consensus.on_copy(peer, msg_digest, now_ms)
+        if copy_actions is not None:
+            return self._collect(copy_actions)
         try:
+            if data.startswith(TX_MSG_PREFIX):
+                tx, raw = parse_tx_msg(data, self.max_msg_bytes)
+                if self._nonce_used(tx):     # §9: under load, gossip often brings a tx after its block
+                    self.reject("nonce_too_low")
+                    return []
+                self._admit(tx, peer, now_ms, gossip=(data, msg_digest), raw=raw)
+                return self._collect([])
             env = parse(data, self.max_msg_bytes)
         except MsgError as exc:
             self.reject(exc.reason)
             return []
-        if env["kind"] == "tx":
-            self._admit(env["tx"], peer, now_ms, gossip=(data, msg_digest))
-            return self._collect([])
+        if env["kind"] == "snapshot_chunk":
+            return self._collect(self._on_snapshot_chunk(peer, env, now_ms))
         return self._collect(self.consensus.on_envelope(peer, env, data, msg_digest, now_ms))
 
     def on_timer(self, timer: tuple, now_ms: int) -> list:
@@ -78,6 +90,33 @@ class Node(App):
         """A client's transaction: (None, actions) if admitted to the mempool, else (reason, [])."""
         reason = self._admit(tx, None, now_ms)
         return reason, self._collect([])
+
+    def _on_snapshot_chunk(self, peer: str, env: dict, now_ms: int) -> list:
+        """§8.4: chunks from the peer this node asked, of a snapshot above its height. Once all
+        are in and the snapshot verifies against its final header, the node jumps to it."""
+        header = env["header"]
+        if peer != self.consensus.snapshot_peer or type(header.get("height")) is not int \
+                or header["height"] <= self.state.height:
+            return []                                   # unasked, or overtaken by blocks: redundancy
+        assembly = self._snapshot
+        try:
+            if assembly is None or assembly.total != env["total"] or assembly.block_hash != hash_value(header):
+                assembly = self._snapshot = Assembly(header, env["commit"], env["total"])
+            if not assembly.add(env["index"], env["data"]):
+                return []
+            self._snapshot = None
+            data = assembly.snapshot_bytes()
+            state = verify(self._genesis, self._rules, self.consensus.validators, header, assembly.commit, data)
+        except SnapshotError:
+            self._snapshot = None
+            self.reject("bad_snapshot")
+            return []
+        self.state = state
+        self._exec.clear()
+        self.mempool.update(state.nonce_of, now_ms)
+        self._prune_evidence()
+        return [InstallSnapshot(header, assembly.commit, data),          # durable before anything after it
+                *self.consensus.jump(state.height + 1, state.validators(), peer, now_ms)]
 
     @property
     def height(self) -> int:
@@ -100,23 +139,33 @@ class Node(App):
             actions, self._out = actions + self._out, []
         return actions
 
+    def _nonce_used(self, tx) -> bool:
+        """A gossiped tx whose nonce its account has used can never apply: refused before the
+        costly checks (its signature) that would refuse it all the same."""
+        return (type(tx) is dict and type(tx.get("sender")) is str and type(tx.get("nonce")) is int
+                and tx["nonce"] < self.state.nonce_of(tx["sender"]))
+
     def _admit(self, tx, peer: str | None, now_ms: int, wake_consensus: bool = True,
-               gossip: tuple[bytes, str] | None = None) -> str | None:
-        """`gossip`: (bytes, digest) of the envelope the tx came in, relayed as they are."""
+               gossip: tuple[bytes, str] | None = None, raw: bytes | None = None) -> str | None:
+        """`gossip`: (bytes, digest) of the envelope the tx came in, relayed as they are; `raw`:
+        the tx's own bytes in it."""
         try:
-            tid = check_tx_sized(tx, self.chain_id, self.state.params["max_tx_bytes"], decoded=gossip is not None)[0]
+            tid, size, tx_bytes = check_tx_sized(tx, self.chain_id, self.state.params["max_tx_bytes"], raw=raw)
             if not self.state.is_authorized(self.state, tx):
                 raise TxError("unauthorized")
-            self.mempool.add(tx, tid, self.state.nonce_of(tx["sender"]), now_ms)
+            self.mempool.add(tx, tid, self.state.nonce_of(tx["sender"]), now_ms, size_bytes=size)
         except TxError as exc:
             if not (peer is not None and exc.reason == "duplicate"):     # gossip echoes are not rejections
                 self.reject(exc.reason)
             return exc.reason
-        data, data_digest = gossip or (tx_msg(tx), None)
+        data, data_digest = gossip or (tx_msg(tx, tx_bytes), None)
         self._gossip_seen[data_digest or digest(data)] = tid
         if len(self._gossip_seen) > self._gossip_seen_max:
             del self._gossip_seen[next(iter(self._gossip_seen))]
-        self._out.append(Broadcast(data, exclude=peer))
+        if peer is None or peer not in self.consensus.validators:
+            # §9: validators are fully meshed (§13.4), so the node a tx entered through sends it to
+            # all of them and they do not relay it again (which would cost n − 1 copies per node)
+            self._out.append(Broadcast(data, exclude=peer))
         if wake_consensus:
             self._out.extend(self.consensus.on_work(now_ms))
         return None
@@ -147,7 +196,7 @@ class Node(App):
                     full = True
                     break
                 try:
-                    pending.add_tx(tx, decoded=True)      # admitted by check_tx already
+                    pending.add_tx(tx, decoded=True, checked=self.mempool.checked)   # admitted by check_tx already
                 except TxError as exc:
                     if exc.reason == "block_full":
                         full = True
@@ -173,7 +222,7 @@ class Node(App):
         result = self._exec.get(bhash)
         if result is None:
             try:
-                result = self.state.execute(block, decoded=True)     # it came out of `parse`
+                result = self.state.execute(block, decoded=True, checked=self.mempool.checked)   # out of `parse`
             except BlockError as exc:
                 self.reject("invalid_block")
                 result = exc.reason
@@ -188,12 +237,16 @@ class Node(App):
             del self.final_tx_ids[min(self.final_tx_ids)]
         self._exec.clear()
         self.mempool.update(self.state.nonce_of, now_ms)
+        self._prune_evidence()
+        if self.config.auto_vote_evidence:
+            self._vote_out_offenders(now_ms)
+        return self.state.validators()
+
+    def _prune_evidence(self) -> None:
+        """Forget evidence that is on chain, about a validator no more, or too old (§7.2)."""
         s = self.state
         self.evidence.prune(lambda info: s.get("evidence", info.key) is None and s.get("validators", info.offender)
                             and s.height + 1 - info.height <= s.params["evidence_max_age_heights"])
-        if self.config.auto_vote_evidence:
-            self._vote_out_offenders(now_ms)
-        return s.validators()
 
     def _vote_out_offenders(self, now_ms: int) -> None:
         me = self.key.public_hex if self.key else None

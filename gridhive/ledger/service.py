@@ -9,20 +9,23 @@ import signal
 import time
 from collections import Counter, deque
 
-from .actions import Broadcast, CommitBlock, Halt, PersistSigned, Schedule, Send, ServeBlocks
+from .actions import (Broadcast, CommitBlock, Halt, InstallSnapshot, PersistSigned, Schedule, Send, ServeBlocks,
+                      ServeSnapshot)
 from .api import start_api
-from .codec import hash_value
+from .codec import encode_unchecked, hash_value
 from .config import ServiceConfig
 from .consensus import block_hash
+from .messages import TX_MSG_PREFIX
 from .node import Node
 from .p2p import SEAL_OVERHEAD_BYTES, LinkError, Session, frame, handshake, pack, read_frame, unpack
+from .snapshot import chunk_msgs
 from .store import Store
 
 log = logging.getLogger("gridhive.ledger")
 LINK_UP_RESETS_BACKOFF_S = 5.0       # a link that lived this long was healthy: redial from the minimum delay
-TX_GOSSIP_PREFIX = b'{"kind":"tx",'   # canonical JSON: a tx envelope is known by its first bytes
 TX_SLICE = 64                        # gossiped txs handled per loop turn, so consensus frames and timers cut in
 TX_BACKLOG_MAX = 20_000              # gossiped txs waiting; beyond it they are shed (their origin still has them)
+SNAPSHOT_CHUNK_BYTES = 1 << 20       # snapshots go out in chunks of this size (§8.4), each its own message
 
 
 class Link:
@@ -44,10 +47,14 @@ class Link:
         now = time.monotonic()
         self.last_sent_s = self.last_recv_s = self.opened_s = now
 
+    def backlog_bytes(self) -> int:
+        """Queued here and unsent in the transport."""
+        return self._queued_bytes + self.writer.transport.get_write_buffer_size()
+
     def send(self, payload: bytes) -> None:
         if self.closed.is_set():
             return
-        if self._queued_bytes + self.writer.transport.get_write_buffer_size() > self.max_buffer_bytes:
+        if self.backlog_bytes() > self.max_buffer_bytes:
             self.counters["send_dropped"] += 1        # a slow peer: consensus retransmits heal it
             return
         if not self._queue:
@@ -160,6 +167,11 @@ class Validator:
                 committed.append(action)
                 dirty = True
                 continue
+            if kind is InstallSnapshot:
+                self.store.put_snapshot(action.header, action.commit, action.snapshot)
+                log.info("installed the snapshot of height %d from a peer", action.header["height"])
+                dirty = True
+                continue
             if dirty:
                 self.store.flush()
                 dirty = False
@@ -177,6 +189,14 @@ class Validator:
             elif kind is ServeBlocks:
                 link = self.links.get(action.peer)
                 if link is not None:
+                    for data in self.store.decisions(action.from_height, action.max_blocks):
+                        link.send(data)
+            elif kind is ServeSnapshot:
+                link = self.links.get(action.peer)
+                stored = self.store.snapshot_above(action.above_height) if link is not None else None
+                if stored is not None:
+                    self._spawn(self._send_paced(link, chunk_msgs(*stored, SNAPSHOT_CHUNK_BYTES)))
+                elif link is not None:
                     for data in self.store.decisions(action.from_height, action.max_blocks):
                         link.send(data)
             elif kind is Halt:
@@ -227,7 +247,7 @@ class Validator:
         self.store.put_block(action.height, bhash, block, action.commit, tx_ids)
         state = self.node.state
         if block["header"]["snapshot_hash"] and state.height == action.height:   # §5.3, encoded before the next commit
-            self.store.put_snapshot(block["header"], state.snapshot())
+            self.store.put_snapshot(block["header"], action.commit, encode_unchecked(state.snapshot()))
         self._committed_ids[action.height] = (bhash, tx_ids)
 
     def _announce(self, action: CommitBlock) -> None:
@@ -378,12 +398,20 @@ class Validator:
                 return
             link.last_recv_s = time.monotonic()
             for payload in messages:
-                if payload.startswith(TX_GOSSIP_PREFIX):
+                if payload.startswith(TX_MSG_PREFIX):
                     self._queue_gossip(link.peer, payload)
                 elif payload:                           # empty messages are keepalives
                     actions = self._call(self.node.on_message, link.peer, payload)
                     if actions:
                         self._apply(actions)
+
+    async def _send_paced(self, link: Link, messages: list[bytes]) -> None:
+        """Send a snapshot's chunks no faster than the link drains: queued at once, a large one
+        would overflow its send buffer and be dropped (§13.4 backpressure)."""
+        for data in messages:
+            while link.backlog_bytes() + len(data) > link.max_buffer_bytes // 2 and not link.closed.is_set():
+                await asyncio.sleep(0.05)
+            link.send(data)
 
     def _queue_gossip(self, peer: str, payload: bytes) -> None:
         """Consensus before transactions: under load, gossiped txs wait in a bounded backlog that

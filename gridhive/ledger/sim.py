@@ -7,13 +7,14 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
+from gridhive.market.contract import MarketContract
+
 from .actions import Broadcast, CommitBlock, Halt, PersistSigned, Schedule, Send, ServeBlocks
 from .codec import decode, digest
 from .consensus import ConsensusConfig, block_hash
 from .crypto import SigningKey
 from .messages import NIL, decision_msg, proposal_msg, sign_bytes, sign_with, step_of, vote_msg
 from .node import Node, NodeConfig
-from .rules import MidpointRules
 from .tx import make_tx, tx_id
 
 
@@ -152,7 +153,7 @@ class Simulation:
         return self.now_ms + sn.skew_ms
 
     def _boot(self, sn: SimNode) -> None:
-        sn.node = Node(self.genesis, sn.key, MidpointRules(), self.node_config,
+        sn.node = Node(self.genesis, sn.key, MarketContract(), self.node_config,
                        blocks=[b for b, _ in sn.disk.blocks], signed_record=sn.disk.record)
         self._execute(sn, sn.node.start(self.local_ms(sn)))
 

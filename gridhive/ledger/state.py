@@ -3,8 +3,9 @@
 from .codec import CodecError, digest, encode, encode_unchecked, hash_value, is_hex
 from .evidence import check_evidence
 from .messages import MsgError
-from .rules import MarketRules
-from .tx import TxError, cert_valid, check_tx_sized, is_household
+from .rules import (RESULT_KEYS, TRADE_KEYS, TRANSFER_KEYS, MarketRules, clearing_inputs, gate_closure_ms,
+                    new_interval, settlement_inputs, settlement_opens_ms)
+from .tx import TxError, _nat, cert_valid, check_tx_sized, is_household, network_fields_ok
 from .valset import ValidatorSet
 
 DEFAULT_PARAMS = {
@@ -22,12 +23,22 @@ DEFAULT_PARAMS = {
     "evidence_max_age_heights": 1_000,
     "snapshot_interval_heights": 1_000,
     "minor_per_major": 10_000,
+    "order_horizon_s": 172_800,
+    # the community's market (gridhive.market.MarketConfig; the contract checks the values)
+    "mechanism": "uniform",
+    "price_rule": "midpoint",
+    "k_permille": 500,
+    "fee_same_feeder_minor_per_kwh": 0,
+    "fee_cross_feeder_minor_per_kwh": 0,
 }
+_ZERO_ALLOWED = {"gate_closure_s", "reading_grace_s", "feed_in_minor_per_kwh", "k_permille",
+                 "fee_same_feeder_minor_per_kwh", "fee_cross_feeder_minor_per_kwh"}
 TABLES = ("validators", "vproposals", "accounts", "members", "member_keys", "gateways", "readings",
-          "orders", "intervals", "trades", "evidence")
+          "orders", "intervals", "trades", "evidence", "market")
 HEADER_KEYS = {"chain_id", "height", "time_ms", "proposer", "prev_hash", "txs_hash", "evidence_hash",
                "validators_hash", "app_hash", "snapshot_hash"}
 MAX_VALIDATOR_POWER = 1000
+_BLOCK_KEYS_BYTES = len('{"evidence":,"header":,"txs":}')     # canonical(block) less its three values
 _DELETED = object()
 
 
@@ -104,8 +115,7 @@ def genesis_tables(genesis: dict) -> dict:
     tables["validators"] = dict(genesis["validators"])
     tables["accounts"] = {pk: {"nonce": 0, "balance_minor": b} for pk, b in genesis.get("accounts", {}).items()}
     for household, m in sorted(genesis.get("members", {}).items()):
-        tables["members"][household] = {"key": m["key"], "gateway": m["gateway"], "role": m["role"],
-                                        "cert_id": "", "tx": ""}
+        tables["members"][household] = {**m, "cert_id": "", "tx": ""}
         tables["member_keys"][m["key"]] = household
         tables["gateways"].setdefault(m["gateway"], []).append(household)
     return tables
@@ -123,16 +133,38 @@ def check_genesis(genesis) -> None:
                     ("accounts", lambda v: type(v) is dict and all(
                         is_hex(k, 64) and type(b) is int and b >= 0 for k, b in v.items())),
                     ("members", lambda v: type(v) is dict and len({m.get("key") for m in v.values()}) == len(v) and all(
-                        is_household(h) and type(m) is dict and set(m) == {"key", "gateway", "role"}
+                        is_household(h) and type(m) is dict and network_fields_ok(m, _GENESIS_MEMBER_KEYS)
                         and is_hex(m["key"], 64) and is_hex(m["gateway"], 64) and m["role"] in ("prosumer", "consumer")
                         for h, m in v.items())),
-                    ("params", lambda v: type(v) is dict and all(
-                        k in DEFAULT_PARAMS and type(x) is int and x > 0 for k, x in v.items()))):
-        if key not in genesis and key in ("accounts", "members", "params"):
+                    ("feeders", lambda v: type(v) is dict and all(
+                        is_household(f) and type(limits) is dict and network_fields_ok(limits, set())
+                        and "feeder" not in limits for f, limits in v.items())),
+                    ("params", lambda v: type(v) is dict)):
+        if key not in genesis and key in ("accounts", "members", "feeders", "params"):
             continue
         if key not in genesis or not ok(genesis[key]):
             raise ValueError(f"genesis: bad or missing {key!r}")
+    for name, value in genesis.get("params", {}).items():
+        if not _param_ok(name, value):
+            raise ValueError(f"genesis: params: bad {name!r}: {value!r}")
     encode(genesis)
+
+
+_GENESIS_MEMBER_KEYS = {"key", "gateway", "role"}
+
+
+def _param_ok(name: str, value) -> bool:
+    """A known param of its default's type: a short string, or an int > 0 (>= 0 where zero means
+    something). The market contract checks the market's values (`MarketRules.for_chain`)."""
+    default = DEFAULT_PARAMS.get(name)
+    if type(default) is str:
+        return type(value) is str and 0 < len(value) <= 32
+    return default is not None and type(value) is int and value >= (0 if name in _ZERO_ALLOWED else 1)
+
+
+def chain_params(genesis: dict) -> dict:
+    """The chain's parameters: the genesis's, over the defaults."""
+    return {**DEFAULT_PARAMS, **genesis.get("params", {})}
 
 
 class State:
@@ -143,8 +175,11 @@ class State:
         check_genesis(genesis)
         self.chain_id: str = genesis["chain_id"]
         self.operator: str = genesis["operator"]
-        self.params = {**DEFAULT_PARAMS, **genesis.get("params", {})}
-        self.rules = rules
+        self.params = chain_params(genesis)
+        self.rules = rules.for_chain(self.params, genesis.get("feeders", {}))      # ValueError names the param
+        reserved = self.rules.reserved_accounts.intersection(genesis.get("members", {}))
+        if reserved:
+            raise ValueError(f"genesis: members: {sorted(reserved)} are reserved account names")
         self.genesis_hash = hash_value(genesis)
         self.tables = genesis_tables(genesis)
         self.height = 0
@@ -178,9 +213,10 @@ class State:
         """Start a block at height + 1; the proposer adds txs and evidence, then calls `seal()`."""
         return PendingBlock(self, time_ms, proposer)
 
-    def execute(self, block, decoded: bool = False) -> "PendingBlock":
+    def execute(self, block, decoded: bool = False, checked=None) -> "PendingBlock":
         """Re-execute a received block (§4 rules 1–7); raises BlockError. `decoded`: the block
-        came out of `decode` (or the node's own store), so every value is ledger JSON already."""
+        came out of `decode` (or the node's own store), so every value is ledger JSON already.
+        `checked(tx) -> (id, size) | None`: txs this node already checked (its mempool's)."""
         if type(block) is not dict or set(block) != {"header", "txs", "evidence"}:
             raise BlockError("malformed", "block keys")
         header, txs, evidence = block["header"], block["txs"], block["evidence"]
@@ -197,19 +233,20 @@ class State:
             raise BlockError("time_not_increasing")
         if len(txs) > p["max_block_txs"] or len(evidence) > p["max_evidence_per_block"]:
             raise BlockError("too_many_items")
-        try:
-            body = (encode_unchecked if decoded else encode)(block)
-        except CodecError as exc:
-            raise BlockError("malformed", str(exc)) from None
-        if len(body) > p["max_block_bytes"]:
+        if not decoded:
+            try:
+                encode(block)                           # the type walk: every value is ledger JSON
+            except CodecError as exc:
+                raise BlockError("malformed", str(exc)) from None
+        txs_bytes, evidence_bytes = encode_unchecked(txs), encode_unchecked(evidence)
+        if len(txs_bytes) + len(evidence_bytes) + len(encode_unchecked(header)) + _BLOCK_KEYS_BYTES > p["max_block_bytes"]:
             raise BlockError("oversized")
-        txs_bytes = encode_unchecked(txs)
-        if header["txs_hash"] != digest(txs_bytes) or header["evidence_hash"] != hash_value(evidence):
+        if header["txs_hash"] != digest(txs_bytes) or header["evidence_hash"] != digest(evidence_bytes):
             raise BlockError("bad_body_hash")
         pending = PendingBlock(self, header["time_ms"], header["proposer"])
         for tx in txs:
             try:
-                pending.add_tx(tx, decoded=True)        # the block as a whole was checked just above
+                pending.add_tx(tx, decoded=True, checked=checked)    # the block as a whole was checked above
             except TxError as exc:
                 raise BlockError("bad_tx", exc.reason) from None
         for ev in evidence:
@@ -270,11 +307,12 @@ class PendingBlock:
         self.size_bytes = 0
         self.block: dict | None = None
 
-    def add_tx(self, tx, decoded: bool = False) -> str:
+    def add_tx(self, tx, decoded: bool = False, checked=None) -> str:
         """Apply one transaction atomically; returns its id or raises TxError (state untouched).
-        `decoded`: as in `State.execute`."""
+        `decoded`, `checked`: as in `State.execute`."""
         p = self.state.params
-        tid, size = check_tx_sized(tx, self.state.chain_id, p["max_tx_bytes"], decoded)
+        known = checked(tx) if checked else None
+        tid, size = known or check_tx_sized(tx, self.state.chain_id, p["max_tx_bytes"], decoded)[:2]
         if len(self.txs) >= p["max_block_txs"] or self.size_bytes + size > p["max_block_bytes"] - 65_536:
             raise TxError("block_full")
         view = self.view.child()
@@ -348,12 +386,14 @@ def _admit(state, view, tx, tid, time_ms):
         raise TxError("wrong_chain", "certificate")
     if not cert_valid(body, state.operator):
         raise TxError("bad_certificate")
+    if cert["household"] in state.rules.reserved_accounts:
+        raise TxError("reserved_name")
     if view.get("members", cert["household"]) is not None:
         raise TxError("already_member")
     if view.get("member_keys", cert["key"]) is not None:
         raise TxError("key_in_use")
-    view.put("members", cert["household"], {"key": cert["key"], "gateway": cert["gateway"], "role": cert["role"],
-                                            "cert_id": hash_value(cert), "tx": tid})
+    record = {k: v for k, v in cert.items() if k not in ("chain_id", "household")}    # key, gateway, role, network
+    view.put("members", cert["household"], {**record, "cert_id": hash_value(cert), "tx": tid})
     view.put("member_keys", cert["key"], cert["household"])
     view.put("gateways", cert["gateway"], [*view.get("gateways", cert["gateway"], []), cert["household"]])
 
@@ -387,6 +427,15 @@ def _validator_vote(state, view, tx, tid, time_ms):
         view.delete("validators", target)
 
 
+def _interval(view, start: int) -> dict:
+    """The interval's record; a new one joins `market/unsettled`, the list the market loop works from."""
+    interval = view.get("intervals", str(start))
+    if interval is None:
+        interval = new_interval()
+        view.put("market", "unsettled", sorted([*(view.get("market", "unsettled") or []), start]))
+    return interval
+
+
 def _reading(state, view, tx, tid, time_ms):
     body, p = tx["body"], state.params
     member = view.get("members", body["household"])
@@ -399,8 +448,8 @@ def _reading(state, view, tx, tid, time_ms):
         raise TxError("unaligned_interval")
     if time_ms < (start + p["interval_s"]) * 1000:
         raise TxError("interval_not_ended")
-    if view.get("intervals", str(start), {}).get("status") == "settled":
-        raise TxError("interval_settled")
+    if time_ms >= settlement_opens_ms(p, start):
+        raise TxError("reading_late")
     if max(body["import_wh"], body["export_wh"]) > p["max_reading_wh"]:
         raise TxError("out_of_range")
     key = f"{body['household']}/{start}"
@@ -408,6 +457,8 @@ def _reading(state, view, tx, tid, time_ms):
         raise TxError("duplicate_reading")
     view.put("readings", key, {"import_wh": body["import_wh"], "export_wh": body["export_wh"],
                                "gateway": tx["sender"], "tx": tid})
+    interval = _interval(view, start)
+    view.put("intervals", str(start), {**interval, "readings": [*interval["readings"], body["household"]]})
 
 
 def _order(state, view, tx, tid, time_ms):
@@ -420,41 +471,68 @@ def _order(state, view, tx, tid, time_ms):
     start = body["interval_start_s"]
     if start % p["interval_s"]:
         raise TxError("unaligned_interval")
-    if time_ms >= (start - p["gate_closure_s"]) * 1000:
+    if time_ms >= gate_closure_ms(p, start):
         raise TxError("gate_closed")
+    if start * 1000 > time_ms + p["order_horizon_s"] * 1000:
+        raise TxError("beyond_horizon")
     if body["energy_wh"] > p["max_reading_wh"] or not (
             p["feed_in_minor_per_kwh"] <= body["price_minor_per_kwh"] <= p["retail_minor_per_kwh"]):
         raise TxError("out_of_range")
-    interval = view.get("intervals", str(start), {"status": "open", "orders": [], "trades": [],
-                                                  "clearing_tx": "", "settlement_tx": ""})
+    interval = _interval(view, start)
     if interval["status"] != "open":
         raise TxError("gate_closed")
-    mine = sum(1 for oid in interval["orders"] if view.get("orders", oid)["household"] == household)
-    if mine >= p["max_orders_per_interval"]:
+    mine = interval["ordered"].get(household, {"side": body["side"], "orders": 0})
+    if mine["side"] != body["side"]:
+        raise TxError("side_conflict")          # the market's rule: one side per household and interval
+    if mine["orders"] >= p["max_orders_per_interval"]:
         raise TxError("too_many_orders")
     view.put("orders", tid, {"household": household, "interval_start_s": start, "side": body["side"],
-                             "energy_wh": body["energy_wh"], "price_minor_per_kwh": body["price_minor_per_kwh"]})
-    view.put("intervals", str(start), {**interval, "orders": [*interval["orders"], tid]})
+                             "energy_wh": body["energy_wh"], "price_minor_per_kwh": body["price_minor_per_kwh"],
+                             "ts_ms": time_ms})
+    view.put("intervals", str(start), {**interval, "orders": [*interval["orders"], tid], "ordered": {
+        **interval["ordered"], household: {"side": body["side"], "orders": mine["orders"] + 1}}})
 
 
-def _check_clearing_result(result, orders: dict) -> None:
-    """Guard against a faulty rule: each order's energy sold at most once, prices within limits."""
-    if type(result) is not dict or set(result) != {"trades"} or type(result["trades"]) is not list:
+def _check_clearing_result(result, orders: dict, start: int) -> None:
+    """Guard against faulty rules: the market's shape, each trade between a bid and an offer of this
+    interval from different households at a price within both limits, each order's energy sold
+    at most once."""
+    if (type(result) is not dict or set(result) != RESULT_KEYS or type(result["trades"]) is not list
+            or result["interval_start_ms"] != start * 1000 or not _nat(result["curtailed_wh"])
+            or type(result["mechanism"]) is not str
+            or not (result["clearing_price_minor_per_kwh"] is None or _nat(result["clearing_price_minor_per_kwh"]))):
         raise TxError("invalid_result", "shape")
     used_wh: dict[str, int] = {}
     for t in result["trades"]:
-        if type(t) is not dict or set(t) != {"buy_order", "sell_order", "energy_wh", "price_minor_per_kwh"}:
+        if type(t) is not dict or set(t) != TRADE_KEYS:
             raise TxError("invalid_result", "trade shape")
-        buy, sell = orders.get(t["buy_order"]), orders.get(t["sell_order"])
-        if (buy is None or sell is None or buy["side"] != "buy" or sell["side"] != "sell"
+        buy, sell = orders.get(t["bid_id"]), orders.get(t["offer_id"])
+        if (buy is None or sell is None or buy["side"] != "buy" or sell["side"] != "sell" or t["kind"] != "order"
+                or (t["buyer_id"], t["seller_id"]) != (buy["household"], sell["household"])
                 or buy["household"] == sell["household"] or type(t["energy_wh"]) is not int or t["energy_wh"] < 1
+                or not _nat(t["fee_minor_per_kwh"]) or t["bid_price_minor_per_kwh"] != buy["price_minor_per_kwh"]
+                or t["offer_price_minor_per_kwh"] != sell["price_minor_per_kwh"]
                 or type(t["price_minor_per_kwh"]) is not int
                 or not sell["price_minor_per_kwh"] <= t["price_minor_per_kwh"] <= buy["price_minor_per_kwh"]):
             raise TxError("invalid_result", "trade")
-        for oid in (t["buy_order"], t["sell_order"]):
+        for oid in (t["bid_id"], t["offer_id"]):
             used_wh[oid] = used_wh.get(oid, 0) + t["energy_wh"]
             if used_wh[oid] > orders[oid]["energy_wh"]:
                 raise TxError("invalid_result", "order oversold")
+
+
+def _run_rules(fn, *args) -> dict:
+    try:
+        return fn(*args)
+    except ValueError as exc:                   # deterministic: every validator fails alike
+        raise TxError("invalid_result", str(exc)[:200]) from None
+
+
+def _result_hash(result) -> str:
+    try:
+        return hash_value(result)
+    except CodecError:                          # not ledger JSON (a float, a bool…): faulty rules
+        raise TxError("invalid_result", "not ledger JSON") from None
 
 
 def _clearing(state, view, tx, tid, time_ms):
@@ -464,27 +542,24 @@ def _clearing(state, view, tx, tid, time_ms):
     start = body["interval_start_s"]
     if start % p["interval_s"]:
         raise TxError("unaligned_interval")
-    if time_ms < (start - p["gate_closure_s"]) * 1000:
+    if time_ms < gate_closure_ms(p, start):
         raise TxError("gate_open")
-    interval = view.get("intervals", str(start), {"status": "open", "orders": [], "trades": [],
-                                                  "clearing_tx": "", "settlement_tx": ""})
+    interval = _interval(view, start)
     if interval["status"] != "open":
         raise TxError("already_cleared")
-    orders = {oid: view.get("orders", oid) for oid in interval["orders"]}
-    expected = state.rules.clear(start, [{"id": oid, **o} for oid, o in orders.items()])
-    _check_clearing_result(expected, orders)
-    if encode(body["result"]) != encode(expected):
+    members, orders = clearing_inputs(view.get, start)
+    expected = _run_rules(state.rules.clear, members, start, orders)
+    _check_clearing_result(expected, {o["id"]: o for o in orders}, start)
+    if body["result_hash"] != _result_hash(expected):
         raise TxError("clearing_mismatch")
     trade_ids = []
     for i, t in enumerate(expected["trades"]):
-        trade_id = f"{start}/{i}"
-        trade_ids.append(trade_id)
-        view.put("trades", trade_id, {
-            "interval_start_s": start, "buy_order": t["buy_order"], "sell_order": t["sell_order"],
-            "buyer": orders[t["buy_order"]]["household"], "seller": orders[t["sell_order"]]["household"],
-            "energy_wh": t["energy_wh"], "price_minor_per_kwh": t["price_minor_per_kwh"], "clearing_tx": tid,
-            "status": "cleared", "delivered_wh": 0, "payment_minor": 0, "settlement_tx": ""})
-    view.put("intervals", str(start), {**interval, "status": "cleared", "trades": trade_ids, "clearing_tx": tid})
+        trade_ids.append(f"{start}/{i}")
+        view.put("trades", trade_ids[-1], {**t, "interval_start_s": start, "clearing_tx": tid, "status": "cleared",
+                                           "settlement_tx": "", "paid_minor": 0, "fee_minor": 0})
+    summary = {k: v for k, v in expected.items() if k != "trades"}
+    view.put("intervals", str(start), {**interval, "status": "cleared", "trades": trade_ids, "clearing_tx": tid,
+                                       "clearing": summary})
 
 
 def _settlement(state, view, tx, tid, time_ms):
@@ -495,39 +570,77 @@ def _settlement(state, view, tx, tid, time_ms):
     interval = view.get("intervals", str(start))
     if interval is None or interval["status"] != "cleared":
         raise TxError("not_cleared")
-    if time_ms < (start + p["interval_s"] + p["reading_grace_s"]) * 1000:
+    if time_ms < settlement_opens_ms(p, start):
         raise TxError("interval_not_ended")
-    trades = [{"id": trade_id, **view.get("trades", trade_id)} for trade_id in interval["trades"]]
-    households = sorted({t["buyer"] for t in trades} | {t["seller"] for t in trades})
-    readings = {}
-    for h in households:
-        r = view.get("readings", f"{h}/{start}", {"import_wh": 0, "export_wh": 0})
-        readings[h] = {"import_wh": r["import_wh"], "export_wh": r["export_wh"]}
-    expected = state.rules.settle(start, trades, readings)
-    if (type(expected) is not dict or set(expected) != {"trades"} or type(expected["trades"]) is not list
-            or len(expected["trades"]) != len(trades)):
-        raise TxError("invalid_result", "shape")
-    if encode(body["result"]) != encode(expected):
+    members, result, readings = settlement_inputs(view.get, start)
+    expected = _run_rules(state.rules.settle, members, start, result, readings)
+    accounts = {h: m["key"] for h, m in members.items()}
+    accounts.update((name, name) for name in state.rules.reserved_accounts)
+    trades = [view.get("trades", trade_id) for trade_id in interval["trades"]]
+    deltas, paid = _check_settlement(expected, accounts, trades, set(readings), start)
+    if body["result_hash"] != _result_hash(expected):
         raise TxError("settlement_mismatch")
-    for trade, out in zip(trades, expected["trades"]):
-        if (type(out) is not dict or set(out) != {"trade", "delivered_wh", "payment_minor"} or out["trade"] != trade["id"]
-                or type(out["delivered_wh"]) is not int or not 0 <= out["delivered_wh"] <= trade["energy_wh"]
-                or type(out["payment_minor"]) is not int or out["payment_minor"] < 0):
-            raise TxError("invalid_result", "settlement entry")
-        buyer_key = view.get("members", trade["buyer"])["key"]
-        seller_key = view.get("members", trade["seller"])["key"]
-        buyer = view.get("accounts", buyer_key, {"nonce": 0, "balance_minor": 0})
-        record = {k: v for k, v in trade.items() if k != "id"}
-        if buyer["balance_minor"] >= out["payment_minor"]:
-            view.put("accounts", buyer_key, {**buyer, "balance_minor": buyer["balance_minor"] - out["payment_minor"]})
-            seller = view.get("accounts", seller_key, {"nonce": 0, "balance_minor": 0})
-            view.put("accounts", seller_key, {**seller, "balance_minor": seller["balance_minor"] + out["payment_minor"]})
-            view.put("trades", trade["id"], {**record, "status": "settled", "delivered_wh": out["delivered_wh"],
-                                             "payment_minor": out["payment_minor"], "settlement_tx": tid})
-        else:
-            view.put("trades", trade["id"], {**record, "status": "defaulted", "delivered_wh": 0,
-                                             "payment_minor": 0, "settlement_tx": tid})
-    view.put("intervals", str(start), {**interval, "status": "settled", "settlement_tx": tid})
+    # Atomic: every balance and trade below is written in this tx's overlay, or none is.
+    for account in sorted(deltas):
+        money_minor, energy_wh = deltas[account]
+        record = view.get("accounts", account, {"nonce": 0, "balance_minor": 0})
+        view.put("accounts", account, {**record, "balance_minor": record["balance_minor"] + money_minor,
+                                       "energy_wh": record.get("energy_wh", 0) + energy_wh})
+    for trade_id, trade, (paid_minor, fee_minor) in zip(interval["trades"], trades, paid):
+        view.put("trades", trade_id, {**trade, "status": "settled", "settlement_tx": tid, "paid_minor": paid_minor,
+                                      "fee_minor": fee_minor})
+    view.put("intervals", str(start), {**interval, "status": "settled", "settlement_tx": tid, "settlement": expected})
+    view.put("market", "unsettled", [s for s in view.get("market", "unsettled") if s != start])
+    view.put("market", "last_settled", max(start, view.get("market", "last_settled") or 0))
+
+
+def _check_settlement(result, accounts: dict, trades: list, metered: set, start: int):
+    """Guard against faulty rules: the market's shape; every party an account of this settlement;
+    energy and money legs non-negative; each amount the nearest minor unit of the exact one; every
+    trade settled exactly once, as cleared (its p2p transfer, then its grid fee if any). Returns the
+    balance changes {account: [money_minor, energy_wh]} and (paid, fee) minor units per trade."""
+    if (type(result) is not dict or set(result) != {"metered_net_wh", "transfers"}
+            or type(result["transfers"]) is not list or type(result["metered_net_wh"]) is not dict
+            or set(result["metered_net_wh"]) != metered
+            or not all(type(wh) is int for wh in result["metered_net_wh"].values())):
+        raise TxError("invalid_result", "settlement shape")
+    deltas: dict[str, list[int]] = {}
+    paid = [[None, 0] for _ in trades]
+    n_p2p = 0
+    for t in result["transfers"]:
+        if (type(t) is not dict or set(t) != TRANSFER_KEYS or t["interval_start_ms"] != start * 1000
+                or not (_nat(t["energy_wh"]) and _nat(t["amount_milli_minor"]) and _nat(t["amount_minor"]))
+                or abs(t["amount_minor"] * 1000 - t["amount_milli_minor"]) > 500
+                or t["payer"] not in accounts or t["payee"] not in accounts or t["payer"] == t["payee"]
+                or (t["energy_wh"] > 0) != (t["energy_from"] in accounts and t["energy_to"] in accounts
+                                            and t["energy_from"] != t["energy_to"])
+                or (t["energy_wh"] == 0 and (t["energy_from"], t["energy_to"]) != ("", ""))):
+            raise TxError("invalid_result", "transfer")
+        if t["kind"] == "p2p":
+            if n_p2p >= len(trades):
+                raise TxError("invalid_result", "more p2p transfers than trades")
+            trade = trades[n_p2p]
+            if (t["energy_from"], t["energy_to"], t["energy_wh"], t["payer"], t["payee"]) != (
+                    trade["seller_id"], trade["buyer_id"], trade["energy_wh"], trade["buyer_id"], trade["seller_id"]):
+                raise TxError("invalid_result", "p2p transfer differs from its trade")
+            paid[n_p2p][0] = t["amount_minor"]
+            n_p2p, last_ref = n_p2p + 1, t["ref"]
+        elif t["kind"] == "grid_fee":
+            if not n_p2p or t["ref"] != last_ref or t["energy_wh"] or paid[n_p2p - 1][1]:
+                raise TxError("invalid_result", "grid fee without its trade")
+            paid[n_p2p - 1][1] = t["amount_minor"]
+        elif t["kind"] not in ("shortfall", "surplus"):
+            raise TxError("invalid_result", f"transfer kind {str(t['kind'])[:32]}")
+        for party, money_minor, energy_wh in ((t["payer"], -t["amount_minor"], 0), (t["payee"], t["amount_minor"], 0),
+                                              (t["energy_from"], 0, -t["energy_wh"]),
+                                              (t["energy_to"], 0, t["energy_wh"])):
+            if money_minor or energy_wh:
+                delta = deltas.setdefault(accounts[party], [0, 0])
+                delta[0] += money_minor
+                delta[1] += energy_wh
+    if n_p2p != len(trades):
+        raise TxError("invalid_result", "a trade without its p2p transfer")
+    return deltas, paid
 
 
 def _transfer(state, view, tx, tid, time_ms):

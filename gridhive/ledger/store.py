@@ -12,7 +12,8 @@ CREATE TABLE IF NOT EXISTS blocks (height INTEGER PRIMARY KEY, hash TEXT NOT NUL
                                    block BLOB NOT NULL, "commit" BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS txs (tx_id TEXT PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS snapshots (height INTEGER PRIMARY KEY, header BLOB NOT NULL, snapshot BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (height INTEGER PRIMARY KEY, header BLOB NOT NULL, "commit" BLOB NOT NULL,
+                                      snapshot BLOB NOT NULL);
 """
 
 
@@ -84,10 +85,12 @@ class Store:
         self.db.executemany("INSERT OR IGNORE INTO txs VALUES (?, ?, ?)",
                             ((tid, height, i) for i, tid in enumerate(tx_ids)))
 
-    def put_snapshot(self, header: dict, snapshot: dict) -> None:
+    def put_snapshot(self, header: dict, commit: list, snapshot: bytes) -> None:
+        """A canonical snapshot (§5.3) with the final header and commit of its height, which is
+        what a peer needs to verify it (§8.4), even when this node has no block of that height."""
         self._begin()
-        self.db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?)",
-                        (header["height"], encode_unchecked(header), encode_unchecked(snapshot)))
+        self.db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?)",
+                        (header["height"], encode_unchecked(header), encode_unchecked(commit), snapshot))
         self.db.execute("DELETE FROM snapshots WHERE height NOT IN "
                         "(SELECT height FROM snapshots ORDER BY height DESC LIMIT ?)", (self.keep_snapshots,))
 
@@ -112,6 +115,11 @@ class Store:
         """(snapshot, its final header), the newest one."""
         row = self.db.execute("SELECT snapshot, header FROM snapshots ORDER BY height DESC LIMIT 1").fetchone()
         return (json.loads(row[0]), json.loads(row[1])) if row else None
+
+    def snapshot_above(self, height: int) -> tuple[bytes, bytes, bytes] | None:
+        """(header, commit, snapshot) as stored, of the newest snapshot above `height`."""
+        return self.db.execute('SELECT header, "commit", snapshot FROM snapshots WHERE height > ? '
+                               "ORDER BY height DESC LIMIT 1", (height,)).fetchone()
 
     def blocks_after(self, height: int):
         """Stored blocks above `height`, in order, decoded one at a time (restart replay)."""

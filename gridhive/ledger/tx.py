@@ -34,12 +34,24 @@ def is_household(v) -> bool:
     return type(v) is str and _HOUSEHOLD.fullmatch(v) is not None
 
 
-def _any_dict(v) -> bool:
-    return type(v) is dict
+def _hash(v) -> bool:
+    return is_hex(v, 64)
+
+
+# Where the DSO places a member, optional in its certificate: its feeder (an id like a
+# household's) and its connection point's limits in W.
+_NETWORK_FIELDS = {"feeder": is_household, "max_import_w": _nat, "max_export_w": _nat}
+_CERT_KEYS = {"chain_id", "household", "key", "gateway", "role"}
+
+
+def network_fields_ok(record: dict, required: set) -> bool:
+    """`record` has the `required` keys and, besides them, only valid optional network fields."""
+    keys = set(record)
+    return required <= keys and all(k in _NETWORK_FIELDS and _NETWORK_FIELDS[k](record[k]) for k in keys - required)
 
 
 def _cert(v) -> bool:
-    return (type(v) is dict and set(v) == {"chain_id", "household", "key", "gateway", "role"}
+    return (type(v) is dict and network_fields_ok(v, _CERT_KEYS)
             and type(v["chain_id"]) is str and is_household(v["household"]) and _pubkey(v["key"])
             and _pubkey(v["gateway"]) and v["role"] in ("prosumer", "consumer"))
 
@@ -50,8 +62,8 @@ SCHEMAS = {
     "reading": {"household": is_household, "interval_start_s": _nat, "import_wh": _nat, "export_wh": _nat},
     "order": {"interval_start_s": _nat, "side": lambda v: v in ("buy", "sell"), "energy_wh": _pos,
               "price_minor_per_kwh": _nat},
-    "clearing": {"interval_start_s": _nat, "result": _any_dict},
-    "settlement": {"interval_start_s": _nat, "result": _any_dict},
+    "clearing": {"interval_start_s": _nat, "result_hash": _hash},
+    "settlement": {"interval_start_s": _nat, "result_hash": _hash},
     "transfer": {"to": _pubkey, "amount_minor": _pos},
 }
 
@@ -76,20 +88,26 @@ def check_tx(tx, chain_id: str, max_tx_bytes: int) -> str:
     return check_tx_sized(tx, chain_id, max_tx_bytes)[0]
 
 
-def check_tx_sized(tx, chain_id: str, max_tx_bytes: int, decoded: bool = False) -> tuple[str, int]:
-    """check_tx, also returning the canonical size. `decoded`: the tx came out of `decode`, so its
-    values are known to be ledger JSON and the type walk is skipped. The signed bytes are encoded
-    once and serve the size, the signature and the id."""
+def check_tx_sized(tx, chain_id: str, max_tx_bytes: int, decoded: bool = False,
+                   raw: bytes | None = None) -> tuple[str, int, bytes]:
+    """check_tx, also returning the canonical size and bytes. `decoded`: the tx came out of
+    `decode`, so its values are known to be ledger JSON and the type walk is skipped. `raw`: the
+    bytes it came in as, which must be its canonical encoding (§1.1); they are compared with the
+    encoding made here, so a gossiped tx is encoded once, not again to check its bytes. That one
+    encoding of the signed part serves the size, the bytes, the signature and the id."""
     if type(tx) is not dict or set(tx) != _ENVELOPE_KEYS or type(tx["sig"]) is not str:
         raise TxError("malformed", "envelope keys")
     try:
-        payload = TX_DOMAIN.encode() + b"\n" + (encode_unchecked if decoded else encode)(unsigned(tx))
+        unsigned_bytes = (encode_unchecked if decoded and raw is None else encode)(unsigned(tx))
     except CodecError as exc:
         raise TxError("malformed", str(exc)) from None
-    # canonical(tx) is canonical(unsigned) with `"sig":<sig>,` inserted: 7 bytes plus the quoted sig
-    size = len(payload) - len(TX_DOMAIN) - 1 + 7 + len(encode_unchecked(tx["sig"]))
-    if size > max_tx_bytes:
+    # canonical(tx) is canonical(unsigned) with `,"sig":<sig>` before its last key, "type"
+    cut = len(unsigned_bytes) - len(b',"type":}') - len(encode_unchecked(tx["type"]))
+    tx_bytes = unsigned_bytes[:cut] + b',"sig":' + encode_unchecked(tx["sig"]) + unsigned_bytes[cut:]
+    if len(tx_bytes) > max_tx_bytes:
         raise TxError("oversized", f"> {max_tx_bytes} bytes")
+    if raw is not None and raw != tx_bytes:
+        raise TxError("malformed", "not canonical")
     schema = SCHEMAS.get(tx["type"])
     body = tx["body"]
     if (schema is None or not _pubkey(tx["sender"]) or not _nat(tx["nonce"]) or type(body) is not dict
@@ -97,15 +115,18 @@ def check_tx_sized(tx, chain_id: str, max_tx_bytes: int, decoded: bool = False) 
         raise TxError("malformed", f"{tx.get('type')!r} schema")
     if tx["chain_id"] != chain_id:
         raise TxError("wrong_chain", str(tx["chain_id"])[:64])
+    payload = TX_DOMAIN.encode() + b"\n" + unsigned_bytes
     if not is_hex(tx["sig"], 128) or not verify(tx["sender"], payload, tx["sig"]):
         raise TxError("bad_signature")
-    return digest(payload), size
+    return digest(payload), len(tx_bytes), tx_bytes
 
 
 def make_cert(operator: SigningKey, chain_id: str, household: str, key: str, gateway: str,
-              role: str = "prosumer") -> dict:
-    """An admission body: the operator's certificate binding `household` to `key` (§3.3 admit)."""
-    cert = {"chain_id": chain_id, "household": household, "key": key, "gateway": gateway, "role": role}
+              role: str = "prosumer", **network) -> dict:
+    """An admission body: the operator's certificate binding `household` to `key` (§3.3 admit).
+    `network`: optional feeder, max_import_w, max_export_w (None = not given)."""
+    cert = {"chain_id": chain_id, "household": household, "key": key, "gateway": gateway, "role": role,
+            **{k: v for k, v in network.items() if v is not None}}
     return {"cert": cert, "cert_sig": operator.sign(signing_bytes(CERT_DOMAIN, cert))}
 
 

@@ -1,11 +1,17 @@
-"""`gridhive ctl market ...`: the fleet manager's view of the market store (read-only).
+"""`gridhive ctl market ...`: the controller's market loop (`serve`) and the fleet manager's view
+of the market on the ledger: intervals, order-book depth, trades, statements, grid-operator files.
 
-Mount with `ctl_app.add_typer(gridhive.market.cli.app, name="market")`. The store is the
-market loop's SQLite file: `--db`, or the GRIDHIVE_MARKET_DB environment variable.
+Every command talks to one validator's API: `--ledger`, or the GRIDHIVE_LEDGER_API environment
+variable. INTERVAL is an ISO time (UTC) or Unix seconds (the ledger's `interval_start_s`).
 """
 from __future__ import annotations
 
 import json
+import logging
+import signal
+import sys
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,122 +20,165 @@ from rich.console import Console
 from rich.table import Table
 
 from gridhive.gridops import ConsentRegistry, build_export, planned_export_wh, write_files
+from gridhive.ledger.client import LedgerClient
 
 from .clearing import book_depth
-from .loop import MarketStore
-from .model import Community
+from .loop import LedgerMarket, serve
 from .settlement import statements
 
-app = typer.Typer(help="Market: intervals, order-book depth, results, statements, export files.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Market on the ledger: the controller's loop, intervals, order-book depth, results, "
+                       "statements, export files.", no_args_is_help=True)
 console = Console()
-DB = typer.Option(Path("var/market.sqlite"), "--db", envvar="GRIDHIVE_MARKET_DB",
-                  help="The market loop's SQLite store.")
-INTERVAL = typer.Argument(None, help="Interval start: ISO time (UTC) or ms; default: the latest.")
+LEDGER = typer.Option("127.0.0.1:26700", "--ledger", envvar="GRIDHIVE_LEDGER_API",
+                      help="A validator's API: HOST:PORT, http://HOST:PORT or unix:/path.")
+INTERVAL = typer.Argument(None, help="Interval start: ISO time (UTC) or Unix seconds; default: the latest.")
+SINCE = typer.Option(None, help="From this time (ISO, UTC, or Unix seconds); default: 24 h before --until.")
+UNTIL = typer.Option(None, help="Until this time (exclusive); default: now.")
 
 
-def _store(db: Path) -> MarketStore:
-    if not db.exists():
-        raise typer.BadParameter(f"no market store at {db}", param_hint="--db")
-    return MarketStore(db)
-
-
-def _interval_ms(store: MarketStore, interval: str | None) -> int:
-    if interval is None:
-        known = store.result_intervals() + store.open_intervals()
-        if not known:
-            raise typer.BadParameter("the store has no intervals yet", param_hint="INTERVAL")
-        return max(known)
-    if interval.isdigit():
-        return int(interval)
+def _market(ledger: str) -> LedgerMarket:
     try:
-        moment = datetime.fromisoformat(interval.replace("Z", "+00:00"))
+        return LedgerMarket(LedgerClient(ledger, timeout_s=10))
+    except OSError as exc:
+        raise typer.BadParameter(f"no validator answers at {ledger}: {exc}", param_hint="--ledger") from None
+
+
+def _seconds(text: str, hint: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise typer.BadParameter(f"{interval!r} is neither ms nor an ISO time",
-                                 param_hint="INTERVAL") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+        raise typer.BadParameter(f"{text!r} is neither Unix seconds nor an ISO time", param_hint=hint) from None
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
 
 
-def _iso(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+def _interval(market: LedgerMarket, interval: str | None) -> tuple[int, dict]:
+    if interval is None:
+        known = market.unsettled() or [s for s in [market.last_settled()] if s is not None]
+        if not known:
+            raise typer.BadParameter("the ledger has no market intervals yet", param_hint="INTERVAL")
+        start = max(known)
+    else:
+        start = _seconds(interval, "INTERVAL")
+    record = market.interval(start)
+    if record is None:
+        console.print(f"no market interval at {_iso(start)} on the ledger")
+        raise typer.Exit(1)
+    return start, record
+
+
+def _window(since: str | None, until: str | None) -> tuple[int, int]:
+    end = _seconds(until, "--until") if until else int(time.time())
+    return (_seconds(since, "--since") if since else end - 86_400), end
+
+
+def _iso(start_s: int) -> str:
+    return datetime.fromtimestamp(start_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _money(milli_minor: int) -> str:
     return f"{milli_minor / 1000:.3f}"  # display only: minor units with three decimals
 
 
+@app.command("serve")
+def serve_cmd(ledger: str = LEDGER,
+              operator_key: Path = typer.Option(..., "--operator-key", help="The operator's Ed25519 seed (hex)."),
+              poll_ms: int = typer.Option(1_000, min=50, max=60_000, help="Longest wait for a new block."),
+              log_level: str = typer.Option("info", help="debug, info, warning or error.")):
+    """Run the controller's market loop until SIGINT/SIGTERM: clear each interval at its gate
+    closure, settle it after its reading grace, as operator-signed ledger transactions."""
+    from gridhive.ledger.config import ConfigError, load_key
+
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        key = load_key(operator_key)
+    except (OSError, ConfigError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--operator-key") from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        counts = serve(ledger, key, stop, poll_ms)
+    except ValueError as exc:           # the key is not this chain's operator
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2)
+    logging.getLogger(__name__).info("market loop stopped: %s", dict(counts))
+
+
 @app.command()
-def show(interval: str = INTERVAL, db: Path = DB, as_json: bool = typer.Option(False, "--json")):
-    """One interval: state, price, volume, welfare, rejections, the result's signature."""
-    store = _store(db)
-    t0 = _interval_ms(store, interval)
-    stored = store.result(t0)
-    state = "settled" if store.has_settlement(t0) else "cleared" if stored else "open"
-    summary = {"interval_start_ms": t0, "interval_start": _iso(t0), "state": state,
-               "orders": len(store.orders(t0)), "rejected": len(store.rejections(t0))}
-    if stored:
-        result, signed = stored
-        summary.update(mechanism=str(result.mechanism),
-                       clearing_price_minor_per_kwh=result.clearing_price_minor_per_kwh,
-                       trades=len(result.trades), energy_wh=result.energy_wh,
-                       curtailed_wh=result.curtailed_wh,
-                       welfare_milli_minor=result.welfare_milli_minor,
-                       digest=signed.digest, signature=signed.signature)
+def show(interval: str = INTERVAL, ledger: str = LEDGER, as_json: bool = typer.Option(False, "--json")):
+    """One interval: state, orders, readings, mechanism, price, volume, welfare, its transactions."""
+    market = _market(ledger)
+    start, record = _interval(market, interval)
+    summary = {"interval_start_s": start, "interval_start": _iso(start), "state": record["status"],
+               "orders": len(record["orders"]), "readings": len(record["readings"])}
+    if record["status"] != "open":
+        trades = market.trades(record)
+        summary.update(mechanism=record["clearing"]["mechanism"],
+                       clearing_price_minor_per_kwh=record["clearing"]["clearing_price_minor_per_kwh"],
+                       trades=len(trades), energy_wh=sum(t["energy_wh"] for t in trades),
+                       curtailed_wh=record["clearing"]["curtailed_wh"],
+                       welfare_milli_minor=sum(t["energy_wh"] * (t["bid_price_minor_per_kwh"]
+                                                                 - t["offer_price_minor_per_kwh"]) for t in trades),
+                       clearing_tx=record["clearing_tx"])
+    if record["status"] == "settled":
+        summary.update(transfers=len(record["settlement"]["transfers"]), settlement_tx=record["settlement_tx"])
     if as_json:
         print(json.dumps(summary, sort_keys=True))
         return
-    table = Table(title=f"market interval {_iso(t0)}", show_header=False)
+    table = Table(title=f"market interval {_iso(start)}", show_header=False)
     for key, value in summary.items():
         table.add_row(key, str(value))
     console.print(table)
 
 
 @app.command()
-def depth(interval: str = INTERVAL, db: Path = DB):
+def depth(interval: str = INTERVAL, ledger: str = LEDGER):
     """Order-book depth per price level: volume at each price and cumulative demand/supply."""
-    store = _store(db)
-    t0 = _interval_ms(store, interval)
-    table = Table(title=f"order book {_iso(t0)}")
-    for column in ("price /kWh", "bids Wh", "offers Wh", "demand ≥ price Wh",
-                   "supply ≤ price Wh"):
+    market = _market(ledger)
+    start, _ = _interval(market, interval)
+    table = Table(title=f"order book {_iso(start)}")
+    for column in ("price /kWh", "bids Wh", "offers Wh", "demand ≥ price Wh", "supply ≤ price Wh"):
         table.add_column(column, justify="right")
-    for level in book_depth(store.orders(t0)):
+    for level in book_depth(market.orders(start)):
         table.add_row(*(str(v) for v in level))
     console.print(table)
 
 
 @app.command()
-def results(interval: str = INTERVAL, db: Path = DB):
-    """The trades of a cleared interval."""
-    store = _store(db)
-    t0 = _interval_ms(store, interval)
-    stored = store.result(t0)
-    if stored is None:
-        console.print(f"interval {_iso(t0)} is not cleared yet")
+def results(interval: str = INTERVAL, ledger: str = LEDGER):
+    """The trades of a cleared interval, with what settlement paid (minor units)."""
+    market = _market(ledger)
+    start, record = _interval(market, interval)
+    if record["status"] == "open":
+        console.print(f"interval {_iso(start)} is not cleared yet")
         raise typer.Exit(1)
-    table = Table(title=f"trades {_iso(t0)}")
-    for column in ("bid", "offer", "buyer", "seller", "Wh", "price", "fee", "kind"):
+    table = Table(title=f"trades {_iso(start)}")
+    for column in ("trade", "buyer", "seller", "Wh", "price", "fee", "status", "paid", "fee paid"):
         table.add_column(column)
-    for t in stored[0].trades:
-        table.add_row(t.bid_id, t.offer_id, t.buyer_id, t.seller_id, str(t.energy_wh),
-                      str(t.price_minor_per_kwh), str(t.fee_minor_per_kwh), str(t.kind))
+    for t in market.trades(record):
+        table.add_row(t["id"], t["buyer_id"], t["seller_id"], str(t["energy_wh"]), str(t["price_minor_per_kwh"]),
+                      str(t["fee_minor_per_kwh"]), t["status"], str(t["paid_minor"]), str(t["fee_minor"]))
     console.print(table)
 
 
 @app.command("statements")
 def statements_cmd(period: str = typer.Option("day", help="day or month"),
-                   member: str = typer.Option(None, help="Only this member."), db: Path = DB):
-    """Statements per member and period from the settled intervals (money in minor units)."""
-    store = _store(db)
+                   member: str = typer.Option(None, help="Only this household."),
+                   since: str = SINCE, until: str = UNTIL, ledger: str = LEDGER):
+    """Statements per household and period from the settled intervals (exact, in minor units)."""
     if period not in ("day", "month"):
         raise typer.BadParameter("must be day or month", param_hint="--period")
+    market = _market(ledger)
+    settled = [market.settlement(start, record) for start, record in market.intervals(*_window(since, until))
+               if record["status"] == "settled"]
     table = Table(title=f"statements per {period}")
     for column in ("period", "member", "bought Wh", "sold Wh", "grid in Wh", "grid out Wh",
                    "cost", "without market", "reduction %"):
         table.add_column(column, justify="right")
-    for s in statements(store.settlements(), period):
+    for s in statements(settled, period):
         if member and s.member_id != member:
             continue
         reduction = "-" if s.reduction_bp is None else f"{s.reduction_bp / 100:.2f}"
@@ -142,18 +191,20 @@ def statements_cmd(period: str = typer.Option("day", help="day or month"),
 @app.command("export")
 def export_cmd(out: Path = typer.Option(Path("export"), help="Directory for the files."),
                recipient: str = typer.Option("dso", help="Who receives them (consent key)."),
-               consents: Path = typer.Option(None, help="Consent log (JSON lines); default: "
-                                                        "consent.jsonl next to the store."),
-               db: Path = DB):
+               consents: Path = typer.Option(Path("consent.jsonl"), help="Consent log (JSON lines)."),
+               since: str = SINCE, until: str = UNTIL, ledger: str = LEDGER):
     """Write CSV/JSON schedules and metering per congestion point for the grid operator."""
-    store = _store(db)
-    community = store.meta("community", Community)
-    if community is None:
-        raise typer.BadParameter("the store has no community yet", param_hint="--db")
-    registry = ConsentRegistry.load(consents or db.with_name("consent.jsonl"))
-    intervals = sorted(set(store.result_intervals()) | set(store.open_intervals()))
-    planned = [(t0, planned_export_wh(store.orders(t0))) for t0 in intervals]
-    metered = [(s.interval_start_ms, dict(s.metered_net_wh)) for s in store.settlements()]
-    export = build_export(recipient, community, planned, metered, (), registry)
+    market = _market(ledger)
+    planned, metered, households = [], [], set()
+    for start, record in market.intervals(*_window(since, until)):
+        orders = market.orders(start)
+        planned.append((start * 1000, planned_export_wh(orders)))
+        households |= {o.member_id for o in orders}
+        if record["status"] == "settled":
+            metered.append((start * 1000, record["settlement"]["metered_net_wh"]))
+            households |= set(record["settlement"]["metered_net_wh"])
+    community = market.contract.community({h: market.client.state("members", h) for h in sorted(households)})
+    export = build_export(recipient, community, planned, metered, (), ConsentRegistry.load(consents),
+                          period_ms=market.interval_s * 1000)
     for path in write_files(export, out):
         console.print(f"wrote {path}")

@@ -35,10 +35,11 @@ class ConnectionLimits:
     def __init__(self, config: MarketConfig, community: Community):
         limit_wh = config.limit_wh
         self._community = community
+        limited = community.limited_members
         self._member_import_wh = {m.member_id: limit_wh(m.max_import_w)
-                                  for m in community.members if m.max_import_w is not None}
+                                  for m in limited if m.max_import_w is not None}
         self._member_export_wh = {m.member_id: limit_wh(m.max_export_w)
-                                  for m in community.members if m.max_export_w is not None}
+                                  for m in limited if m.max_export_w is not None}
         self._feeder_import_wh = {f.feeder_id: limit_wh(f.max_import_w)
                                   for f in community.feeders if f.max_import_w is not None}
         self._feeder_export_wh = {f.feeder_id: limit_wh(f.max_export_w)

@@ -4,7 +4,7 @@ from hypothesis import given, strategies as st
 from gwkit import T0_MS, NodeSim, secret
 from ghnode import wire
 from gridhive.gateway.config import Channel, NodeEntry, Registry
-from gridhive.gateway.energy import interval_start, split_energy
+from gridhive.gateway.energy import interval_start, split_energies, split_energy
 from gridhive.gateway.ingest import ACCEPTED, DUPLICATE, REJECTED, STATUS, Ingest, Limits, RejectLog
 
 MIN15 = 900_000
@@ -50,6 +50,17 @@ def test_split_energy_conserves_every_wh(start, length, wh):
     assert sum(w for _, w in parts) == wh
     assert all(w > 0 and s % MIN15 == T0_MS % MIN15 for s, w in parts)
     assert [s for s, _ in parts] == sorted({s for s, _ in parts})
+
+
+@given(start=st.integers(0, 10 * MIN15), length=st.integers(-MIN15, 3 * MIN15), imp=st.integers(0, 10**6),
+       exp=st.integers(0, 10**6))
+def test_split_energies_is_split_energy_of_both_counters(start, length, imp, exp):
+    begin, end = T0_MS + start, T0_MS + start + length
+    expected = {}
+    for i, wh in enumerate((imp, exp)):
+        for s, part in split_energy(begin, end, wh, MIN15):
+            expected.setdefault(s, [0, 0])[i] += part
+    assert split_energies(begin, end, imp, exp, MIN15) == [(s, i, e) for s, (i, e) in sorted(expected.items())]
 
 
 def test_valid_messages_are_accepted_and_energy_is_split_by_interval():

@@ -1,7 +1,7 @@
 """A small world for ledger tests: operator, 4 validators, 3 households, helpers to sign and
 commit blocks straight on a State (no consensus)."""
 from gridhive.ledger.crypto import SigningKey
-from gridhive.ledger.rules import MidpointRules
+from gridhive.market.contract import MarketContract
 from gridhive.ledger.state import State
 from gridhive.ledger.tx import TxError, make_tx
 
@@ -11,11 +11,12 @@ CHAIN = "gridhive-test"
 
 
 class World:
-    def __init__(self, rules=None, params=None, n_validators=4):
+    def __init__(self, rules=None, params=None, n_validators=4, n_members=3):
+        """Households h0… (h2 a consumer, the others prosumers), each with its own gateway."""
         self.operator = SigningKey.derive("operator")
         self.validators = [SigningKey.derive(f"validator{i}") for i in range(n_validators)]
-        self.members = {f"h{i}": SigningKey.derive(f"member{i}") for i in range(3)}
-        self.gateways = {f"h{i}": SigningKey.derive(f"gateway{i}") for i in range(3)}
+        self.members = {f"h{i}": SigningKey.derive(f"member{i}") for i in range(n_members)}
+        self.gateways = {f"h{i}": SigningKey.derive(f"gateway{i}") for i in range(n_members)}
         self.genesis = {
             "chain_id": CHAIN, "genesis_time_ms": GENESIS_MS, "operator": self.operator.public_hex,
             "validators": {k.public_hex: 1 for k in self.validators},
@@ -25,7 +26,7 @@ class World:
                             "role": "consumer" if h == "h2" else "prosumer"} for h, k in self.members.items()},
             "params": params or {},
         }
-        self.rules = rules or MidpointRules()
+        self.rules = rules or MarketContract()
         self.state = State(self.genesis, self.rules)
         self.time_ms = GENESIS_MS
 

@@ -1,6 +1,7 @@
 """LEDGER.md §9 (mempool) and the node's admission path (§3.2, §10)."""
 import pytest
 
+from gridhive.ledger.codec import encode
 from gridhive.ledger.crypto import SigningKey
 from gridhive.ledger.mempool import Mempool, MempoolConfig
 from gridhive.ledger.node import Node, NodeConfig
@@ -13,7 +14,7 @@ def txs(w, who, nonces):
 
 
 def add(pool, tx, account_nonce=0, now_ms=0):
-    pool.add(tx, tx_id(tx), account_nonce, now_ms)
+    pool.add(tx, tx_id(tx), account_nonce, now_ms, size_bytes=len(encode(tx)))
 
 
 @pytest.mark.parametrize("config, nonces, account_nonce, reason", [

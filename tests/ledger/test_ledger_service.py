@@ -1,7 +1,6 @@
 """LEDGER.md §13–§16 with real validator processes on loopback: consensus, the client API
-(submit, finality, state, provenance), catch-up, f offline, a 2|2 partition, SIGKILL at random
+(submit, finality, state; the market's txs and provenance are in test_market_on_ledger.py), catch-up, f offline, a 2|2 partition, SIGKILL at random
 points. Every test ends by checking that all stored chains are prefixes of one chain."""
-import math
 import random
 import signal
 import threading
@@ -10,9 +9,7 @@ import time
 import pytest
 
 from gridhive.ledger.client import LedgerClient, LedgerError
-from gridhive.ledger.crypto import SigningKey
-from gridhive.ledger.rules import MidpointRules
-from gridhive.ledger.tx import make_cert, make_tx
+from gridhive.ledger.tx import make_tx
 from ledger_cluster import Cluster
 
 
@@ -31,56 +28,6 @@ def cluster(tmp_path):
 
 def transfer(net, sender, nonce, to, amount=1):
     return make_tx(sender, net.chain_id, "transfer", nonce, {"to": to.public_hex, "amount_minor": amount})
-
-
-def test_four_validators_run_a_market_interval_end_to_end_over_the_api(cluster):
-    """§3.3 through the HTTP API: admit, orders, clearing, readings, settlement; then §11 provenance."""
-    c = cluster(4, clients=2, params={"interval_s": 3, "gate_closure_s": 1, "reading_grace_s": 1})
-    c.start_all()
-    c.wait_ready()
-    net, api = c.net, c.clients
-    seller, buyer = net.clients[0], net.clients[1]
-    start = math.ceil((time.time() + 4) / 3) * 3
-    fresh = SigningKey.generate()                       # admission by the operator's certificate
-    admit = make_tx(net.operator, net.chain_id, "admit", 0,
-                    make_cert(net.operator, net.chain_id, "newhouse", fresh.public_hex, net.gateway.public_hex))
-    assert api[3].submit_and_wait(admit)["status"] == "final"
-    assert api[0].state("members", "newhouse")["key"] == fresh.public_hex
-    sell = make_tx(seller, net.chain_id, "order", 0, {"interval_start_s": start, "side": "sell", "energy_wh": 1_000,
-                                                        "price_minor_per_kwh": 500})
-    buy = make_tx(buyer, net.chain_id, "order", 0, {"interval_start_s": start, "side": "buy", "energy_wh": 600,
-                                                      "price_minor_per_kwh": 1_500})
-    sell_id, buy_id = api[0].submit(sell)["tx_id"], api[1].submit(buy)["tx_id"]
-    for tid in (sell_id, buy_id):
-        api[2].wait_final(tid, 15)
-    orders = [{"id": oid, **api[0].state("orders", oid)} for oid in api[0].state("intervals", str(start))["orders"]]
-    time.sleep(max(0.0, start - 1 - time.time()) + 0.5)                   # gate closure
-    result = MidpointRules().clear(start, orders)
-    clearing = make_tx(net.operator, net.chain_id, "clearing", 1, {"interval_start_s": start, "result": result})
-    api[1].submit_and_wait(clearing, 15)
-    time.sleep(max(0.0, start + 3 - time.time()) + 0.5)                   # interval end
-    gw = net.gateway
-    for nonce, (house, imp, exp) in enumerate((("c0", 0, 700), ("c1", 650, 0))):
-        reading = make_tx(gw, net.chain_id, "reading", nonce, {"household": house, "interval_start_s": start,
-                                                               "import_wh": imp, "export_wh": exp})
-        api[nonce].submit_and_wait(reading, 15)
-    time.sleep(max(0.0, start + 4 - time.time()) + 0.5)                   # reading grace
-    trades = [{"id": f"{start}/0", **api[2].state("trades", f"{start}/0")}]
-    readings = {h: {k: api[2].state("readings", f"{h}/{start}")[k] for k in ("import_wh", "export_wh")}
-                for h in ("c0", "c1")}
-    settlement = make_tx(net.operator, net.chain_id, "settlement", 2,
-                         {"interval_start_s": start, "result": MidpointRules().settle(start, trades, readings)})
-    final = api[3].submit_and_wait(settlement, 15)
-    prov = api[0].provenance(f"{start}/0")
-    p = prov["provenance"]
-    assert p["trade"]["status"] == "settled" and p["trade"]["delivered_wh"] == 600
-    assert p["seller"]["order"]["tx"] == sell_id and p["buyer"]["order"]["tx"] == buy_id
-    assert p["settlement_tx"] and prov["tx_locations"][p["settlement_tx"]]["height"] == final["height"]
-    assert all(loc is not None for loc in prov["tx_locations"].values())     # every tx resolves to a final block
-    balances = {h: api[i].account(k.public_hex)["balance_minor"] for i, (h, k) in enumerate((("s", seller), ("b", buyer)))}
-    assert balances == {"s": 10**9 + 600, "b": 10**9 - 600}                   # 600 Wh at 1000/kWh
-    c.wait_height(final["height"], timeout_s=15)
-    assert c.assert_one_chain() >= final["height"]
 
 
 def test_seven_validators_with_skewed_clocks_reach_consensus(cluster):

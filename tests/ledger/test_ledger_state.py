@@ -9,9 +9,10 @@ from gridhive.ledger.crypto import SigningKey
 from gridhive.ledger.evidence import make_evidence
 from gridhive.ledger.messages import make_vote
 from gridhive.ledger.provenance import provenance
-from gridhive.ledger.rules import MidpointRules
+from gridhive.ledger.rules import clearing_inputs, settlement_inputs
 from gridhive.ledger.state import BlockError, State, check_genesis
 from gridhive.ledger.tx import TxError, make_cert, make_tx
+from gridhive.market.contract import MarketContract
 
 GATE_MS = (INTERVAL_S - 300) * 1000          # gate closure of INTERVAL_S
 END_MS = (INTERVAL_S + 900) * 1000           # interval end
@@ -29,12 +30,29 @@ def reading(w, h, import_wh, export_wh, start=INTERVAL_S):
 
 
 def clear(w, start=INTERVAL_S):
-    orders = [{"id": oid, **w.state.get("orders", oid)} for oid in w.state.get("intervals", str(start))["orders"]]
-    return w.rules.clear(start, orders)
+    """The clearing the validators will compute, from the same inputs (as the market loop does)."""
+    members, orders = clearing_inputs(w.state.get, start)
+    return w.state.rules.clear(members, start, orders)
+
+
+def clearing_tx(w, result, start=INTERVAL_S):
+    return w.tx(w.operator, "clearing", {"interval_start_s": start, "result_hash": hash_value(result)})
+
+
+def settle_tx(w, start=INTERVAL_S):
+    members, result, readings = settlement_inputs(w.state.get, start)
+    expected = w.state.rules.settle(members, start, result, readings)
+    return w.tx(w.operator, "settlement", {"interval_start_s": start, "result_hash": hash_value(expected)})
 
 
 def balance(w, key):
     return w.state.get("accounts", key.public_hex)["balance_minor"]
+
+
+def account(w, name):
+    """(balance_minor, energy_wh) of an account, zeros if it has none yet."""
+    record = w.state.get("accounts", name) or {}
+    return record.get("balance_minor", 0), record.get("energy_wh", 0)
 
 
 # -- §2 genesis ---------------------------------------------------------------------------------
@@ -43,6 +61,29 @@ def balance(w, key):
 def test_genesis_fails_fast_naming_the_key(world, key, bad):
     with pytest.raises(ValueError, match=key):
         check_genesis({**world.genesis, key: bad})
+
+
+@pytest.mark.parametrize("params, named", [
+    ({"mechanism": 1}, "mechanism"), ({"k_permille": -1}, "k_permille"), ({"interval_s": 0}, "interval_s"),
+    ({"interval_s": 7}, "interval_s"),                                  # the market's: must divide one hour
+    ({"mechanism": "lottery"}, "mechanism"), ({"k_permille": 1001}, "k_permille"),
+    ({"feed_in_minor_per_kwh": 3000}, "retail_minor_per_kwh")])
+def test_the_market_params_are_checked_at_genesis(world, params, named):
+    with pytest.raises(ValueError, match=named):
+        State({**world.genesis, "params": params}, MarketContract())
+
+
+def test_genesis_members_and_feeders_may_carry_network_fields(world):
+    members = {**world.genesis["members"], "h0": {**world.genesis["members"]["h0"], "feeder": "f1",
+                                                  "max_export_w": 5_000}}
+    state = State({**world.genesis, "members": members, "feeders": {"f1": {"max_export_w": 20_000}}}, MarketContract())
+    assert state.get("members", "h0")["feeder"] == "f1"
+    assert state.rules.feeders[0].max_export_w == 20_000
+    for bad in ({"members": {**members, "h1": {**members["h1"], "feeder": "F 1"}}},
+                {"feeders": {"f1": {"max_export_w": -1}}}, {"feeders": {"f1": {"feeder": "x"}}},
+                {"members": {**members, "utility": {**members["h1"], "key": "cd" * 32}}}):
+        with pytest.raises(ValueError):
+            State({**world.genesis, **bad}, MarketContract())
 
 
 # -- §3.2 replay protection and authorisation ----------------------------------------------------
@@ -102,7 +143,7 @@ def test_admission_rejections(world, case, reason):
 
 
 # -- §3.3 readings, orders --------------------------------------------------------------------------
-def test_reading_only_from_the_households_gateway_once_after_the_interval(world):
+def test_reading_only_from_the_households_gateway_once_within_the_grace(world):
     world.next_time(END_MS - 10)
     assert world.apply(reading(world, "h0", 10, 500)) == "interval_not_ended"
     assert world.apply(world.tx(world.gateways["h1"], "reading", {
@@ -111,15 +152,24 @@ def test_reading_only_from_the_households_gateway_once_after_the_interval(world)
     assert world.apply(reading(world, "h0", 10, 999)) == "duplicate_reading"
     assert world.apply(reading(world, "h0", 1, 1, start=INTERVAL_S + 1)) == "unaligned_interval"
     assert world.state.get("readings", f"h0/{INTERVAL_S}")["export_wh"] == 500
+    assert world.state.get("intervals", str(INTERVAL_S))["readings"] == ["h0"]
+    assert world.state.get("market", "unsettled") == [INTERVAL_S]      # the market loop's work list
+    assert world.apply(reading(world, "h1", 600, 0), SETTLE_MS) == "reading_late"    # grace over
 
 
-def test_orders_respect_gate_prices_roles_and_caps(world):
+def test_orders_respect_gate_prices_roles_sides_horizon_and_caps(world):
     assert world.apply(order(world, "h0", "sell", 1000, 399)) == "out_of_range"        # below feed-in
     assert world.apply(order(world, "h0", "sell", 1000, 2076)) == "out_of_range"       # above retail
     assert world.apply(order(world, "h2", "sell", 1000, 500)) == "unauthorized"        # consumer
-    for _ in range(4):
+    far = INTERVAL_S + 3 * 86_400
+    assert world.apply(order(world, "h1", "buy", 100, 1000, start=far)) == "beyond_horizon"
+    block = world.commit([order(world, "h1", "buy", 100, 1000)])
+    for _ in range(3):
         assert world.apply(order(world, "h1", "buy", 100, 1000)) is None
     assert world.apply(order(world, "h1", "buy", 100, 1000)) == "too_many_orders"
+    assert world.apply(order(world, "h1", "sell", 100, 1000)) == "side_conflict"      # one side per interval
+    record = world.state.get("orders", world.state.get("intervals", str(INTERVAL_S))["orders"][0])
+    assert record["ts_ms"] == block["header"]["time_ms"]        # time of entry: the block that took it
     world.next_time(GATE_MS)
     assert world.apply(order(world, "h0", "sell", 1000, 500)) == "gate_closed"
 
@@ -131,98 +181,149 @@ def market(w):
         assert w.apply(tx) is None
 
 
-def test_clearing_is_re_executed_and_a_mismatch_rejected(world):
+def test_clearing_is_the_markets_re_executed_and_a_mismatch_rejected(world):
     market(world)
     result = clear(world)
-    assert [t["energy_wh"] for t in result["trades"]] == [600, 400]
-    assert [t["price_minor_per_kwh"] for t in result["trades"]] == [1000, 750]      # midpoints
-    op = world.operator
-    assert world.apply(world.tx(op, "clearing", {"interval_start_s": INTERVAL_S, "result": result})) == "gate_open"
+    # the uniform-price auction: 600 + 400 Wh, all at the marginal pair's midpoint (1000 + 500) / 2
+    assert [(t["energy_wh"], t["price_minor_per_kwh"]) for t in result["trades"]] == [(600, 750), (400, 750)]
+    assert world.apply(clearing_tx(world, result)) == "gate_open"
     world.next_time(GATE_MS)
     forged = copy.deepcopy(result)
     forged["trades"][0]["price_minor_per_kwh"] += 1
-    assert world.apply(world.tx(op, "clearing", {"interval_start_s": INTERVAL_S, "result": forged})) == "clearing_mismatch"
+    assert world.apply(clearing_tx(world, forged)) == "clearing_mismatch"
     assert world.apply(world.tx(world.members["h0"], "clearing",
-                                {"interval_start_s": INTERVAL_S, "result": result})) == "unauthorized"
-    assert world.apply(world.tx(op, "clearing", {"interval_start_s": INTERVAL_S, "result": result})) is None
-    assert world.state.get("intervals", str(INTERVAL_S))["status"] == "cleared"
-    assert world.apply(world.tx(op, "clearing", {"interval_start_s": INTERVAL_S, "result": result})) == "already_cleared"
+                                {"interval_start_s": INTERVAL_S, "result_hash": hash_value(result)})) == "unauthorized"
+    assert world.apply(clearing_tx(world, result)) is None
+    interval = world.state.get("intervals", str(INTERVAL_S))
+    assert interval["status"] == "cleared" and interval["clearing"]["clearing_price_minor_per_kwh"] == 750
+    trade = world.state.get("trades", f"{INTERVAL_S}/0")
+    assert (trade["buyer_id"], trade["seller_id"], trade["energy_wh"], trade["status"]) == ("h1", "h0", 600, "cleared")
+    assert trade["bid_id"] in interval["orders"] and trade["clearing_tx"] == interval["clearing_tx"]
+    assert world.apply(clearing_tx(world, result)) == "already_cleared"
     assert world.apply(order(world, "h1", "buy", 1, 1000)) == "gate_closed"
 
 
-class OversellingRules(MidpointRules):
-    def clear(self, interval_start_s, orders):
-        result = super().clear(interval_start_s, orders)
-        return {"trades": result["trades"] + result["trades"][:1]}      # sells the same kWh twice
+class FaultyContract(MarketContract):
+    """A contract whose clearing is altered by `fault(trades) -> trades`."""
+
+    def __init__(self, fault):
+        self.fault = fault
+
+    def for_chain(self, params, feeders):
+        chain = super().for_chain(params, feeders)
+        honest = chain.clear
+
+        def clear(members, start, orders):
+            result = honest(members, start, orders)
+            return {**result, "trades": self.fault(result["trades"])}
+        chain.clear = clear
+        return chain
 
 
-def test_a_faulty_rule_cannot_sell_a_kwh_twice():
-    w = World(rules=OversellingRules())
+@pytest.mark.parametrize("fault", [
+    lambda trades: trades + trades[:1],                                            # sells a kWh twice
+    lambda trades: [{**trades[0], "price_minor_per_kwh": 1600}, *trades[1:]],       # above the bid's limit
+    lambda trades: [{**trades[0], "offer_price_minor_per_kwh": 500.0}, *trades[1:]],   # a float
+    lambda trades: [{**trades[0], "buyer_id": "h2"}, *trades[1:]]])                # not the bid's household
+def test_a_faulty_rule_is_refused_by_the_guard(fault):
+    w = World(rules=FaultyContract(fault))
     market(w)
     w.next_time(GATE_MS)
-    tx = w.tx(w.operator, "clearing", {"interval_start_s": INTERVAL_S, "result": clear(w)})
+    # the guard runs before the hash is compared, so whatever hash the operator signed
+    tx = w.tx(w.operator, "clearing", {"interval_start_s": INTERVAL_S, "result_hash": "00" * 32})
     assert w.apply(tx) == "invalid_result"
+
+
+def test_network_fields_of_a_certificate_place_the_member_and_limit_its_trades():
+    w = World(params={"fee_same_feeder_minor_per_kwh": 10, "fee_cross_feeder_minor_per_kwh": 40})
+    new, gw = SigningKey.derive("new"), SigningKey.derive("newgw")
+    body = make_cert(w.operator, CHAIN, "h9", new.public_hex, gw.public_hex, "consumer", feeder="f2",
+                     max_import_w=1_000)
+    assert w.apply(w.tx(new, "admit", body)) is None
+    assert w.state.get("members", "h9")["feeder"] == "f2" and w.state.get("members", "h9")["max_import_w"] == 1_000
+    assert w.apply(order(w, "h0", "sell", 1000, 500)) is None
+    assert w.apply(w.tx(new, "order", {"interval_start_s": INTERVAL_S, "side": "buy", "energy_wh": 600,
+                                       "price_minor_per_kwh": 1500})) is None
+    (trade,) = clear(w)["trades"]
+    # 1 kW held over 15 min is 250 Wh; the trade crosses feeders (main -> f2), so the higher fee
+    assert (trade["energy_wh"], trade["fee_minor_per_kwh"]) == (250, 40) and clear(w)["curtailed_wh"] == 350
+    bad = make_cert(w.operator, CHAIN, "utility", SigningKey.derive("u").public_hex, gw.public_hex)
+    assert w.apply(w.tx(w.operator, "admit", bad)) == "reserved_name"
 
 
 def cleared_market(w):
     market(w)
     w.next_time(GATE_MS)
-    assert w.apply(w.tx(w.operator, "clearing", {"interval_start_s": INTERVAL_S, "result": clear(w)})) is None
+    assert w.apply(clearing_tx(w, clear(w))) is None
 
 
-def settle_tx(w):
-    trades = [{"id": t, **w.state.get("trades", t)} for t in w.state.get("intervals", str(INTERVAL_S))["trades"]]
-    readings = {}
-    for h in sorted({t["buyer"] for t in trades} | {t["seller"] for t in trades}):
-        r = w.state.get("readings", f"{h}/{INTERVAL_S}", {"import_wh": 0, "export_wh": 0})
-        readings[h] = {"import_wh": r["import_wh"], "export_wh": r["export_wh"]}
-    return w.tx(w.operator, "settlement", {"interval_start_s": INTERVAL_S,
-                                           "result": w.rules.settle(INTERVAL_S, trades, readings)})
+FEES = {"fee_same_feeder_minor_per_kwh": 31}
 
 
-def test_settlement_pays_metered_energy_once_and_atomically(world):
-    cleared_market(world)
-    world.next_time(END_MS)
-    # the seller metered only 700 Wh of export: 600 go to the first trade, 100 to the second
-    for tx in (reading(world, "h0", 0, 700), reading(world, "h1", 600, 0), reading(world, "h2", 800, 0)):
-        assert world.apply(tx) is None
-    assert world.apply(settle_tx(world)) == "interval_not_ended"
-    world.next_time(SETTLE_MS)
-    before = {h: balance(world, k) for h, k in world.members.items()}
-    bad = settle_tx(world)
-    bad["body"]["result"]["trades"][1]["payment_minor"] += 1
-    bad = make_tx(world.operator, CHAIN, "settlement", bad["nonce"], bad["body"])
-    assert world.apply(bad) == "settlement_mismatch"
-    assert world.apply(settle_tx(world)) is None
-    t0, t1 = world.state.get("trades", f"{INTERVAL_S}/0"), world.state.get("trades", f"{INTERVAL_S}/1")
-    assert (t0["status"], t0["delivered_wh"], t0["payment_minor"]) == ("settled", 600, 600)
-    assert (t1["status"], t1["delivered_wh"], t1["payment_minor"]) == ("settled", 100, 75)
-    after = {h: balance(world, k) for h, k in world.members.items()}
-    assert after["h0"] - before["h0"] == 675 and before["h1"] - after["h1"] == 600 and before["h2"] - after["h2"] == 75
-    assert world.apply(settle_tx(world)) == "not_cleared"                       # settles once
-    assert world.apply(reading(world, "h1", 1, 1, start=INTERVAL_S)) == "interval_settled"
+def test_settlement_applies_every_transfer_atomically_and_conserves_money_and_energy():
+    w = World(params=FEES)
+    cleared_market(w)
+    w.next_time(END_MS)
+    # h0 sold 1000 Wh but exported 700; h1 imported the 600 it bought; h2 bought 400 and imported 800
+    for tx in (reading(w, "h0", 0, 700), reading(w, "h1", 600, 0), reading(w, "h2", 800, 0)):
+        assert w.apply(tx) is None
+    assert w.apply(settle_tx(w)) == "interval_not_ended"
+    w.next_time(SETTLE_MS)
+    accounts = [*(k.public_hex for k in w.members.values()), "utility", "dso", "escrow"]
+    before = {a: account(w, a) for a in accounts}
+    bad = settle_tx(w)
+    bad = make_tx(w.operator, CHAIN, "settlement", bad["nonce"], {**bad["body"], "result_hash": "00" * 32})
+    assert w.apply(bad) == "settlement_mismatch"
+    assert w.apply(settle_tx(w)) is None
+    after = {a: account(w, a) for a in accounts}
+    money = {a: after[a][0] - before[a][0] for a in accounts}
+    energy = {a: after[a][1] - before[a][1] for a in accounts}
+    h0, h1, h2 = (w.members[h].public_hex for h in ("h0", "h1", "h2"))
+    # by hand, in minor units: p2p 600 Wh x 750 = 450 and 400 x 750 = 300; fees 600 x 31 = 18.6 -> 19 and
+    # 400 x 31 = 12.4 -> 12; shortfalls at retail 2075: h0 300 Wh = 622.5 -> 622 (half to even), h2 400 = 830
+    assert money == {h0: 450 + 300 - 622, h1: -450 - 19, h2: -300 - 12 - 830, "utility": 622 + 830, "dso": 19 + 12,
+                     "escrow": 0}
+    assert energy == {h0: -700, h1: 600, h2: 800, "utility": -700, "dso": 0, "escrow": 0}   # = meters
+    assert sum(money.values()) == 0 and sum(energy.values()) == 0
+    t0, t1 = w.state.get("trades", f"{INTERVAL_S}/0"), w.state.get("trades", f"{INTERVAL_S}/1")
+    assert (t0["status"], t0["paid_minor"], t0["fee_minor"]) == ("settled", 450, 19)
+    assert (t1["status"], t1["paid_minor"], t1["fee_minor"]) == ("settled", 300, 12)
+    interval = w.state.get("intervals", str(INTERVAL_S))
+    assert interval["status"] == "settled" and interval["settlement"]["metered_net_wh"] == {"h0": 700, "h1": -600,
+                                                                                           "h2": -800}
+    assert w.state.get("market", "unsettled") == [] and w.state.get("market", "last_settled") == INTERVAL_S
+    assert w.apply(settle_tx(w)) == "not_cleared"                       # settles once
 
 
-def test_a_buyer_without_funds_defaults_without_moving_energy_or_money(world):
+def test_a_member_without_funds_still_settles_and_owes_the_difference(world):
     cleared_market(world)
     h2 = world.members["h2"]
     assert world.apply(world.tx(h2, "transfer", {"to": world.operator.public_hex, "amount_minor": 1_000_000})) is None
     world.next_time(END_MS)
-    for tx in (reading(world, "h0", 0, 1000), reading(world, "h1", 600, 0), reading(world, "h2", 800, 0)):
+    for tx in (reading(world, "h0", 0, 1000), reading(world, "h1", 600, 0), reading(world, "h2", 400, 0)):
         world.apply(tx)
     world.next_time(SETTLE_MS)
-    seller_before = balance(world, world.members["h0"])
     assert world.apply(settle_tx(world)) is None
-    t1 = world.state.get("trades", f"{INTERVAL_S}/1")
-    assert (t1["status"], t1["delivered_wh"], t1["payment_minor"]) == ("defaulted", 0, 0)
-    assert balance(world, h2) == 0
-    assert balance(world, world.members["h0"]) - seller_before == 600          # only the paid trade
+    assert account(world, h2.public_hex)[0] == -300                   # energy delivered: the debt is on chain
+    assert world.apply(world.tx(h2, "transfer", {"to": world.operator.public_hex, "amount_minor": 1})) \
+        == "insufficient_balance"                                        # a debtor cannot pay others
+
+
+def test_an_interval_without_orders_settles_its_readings_with_the_utility(world):
+    world.next_time(END_MS)
+    assert world.apply(reading(world, "h0", 0, 400)) is None
+    world.next_time(SETTLE_MS)
+    assert world.apply(clearing_tx(world, clear(world))) is None       # an empty book
+    assert world.apply(settle_tx(world)) is None
+    (transfer,) = world.state.get("intervals", str(INTERVAL_S))["settlement"]["transfers"]
+    assert (transfer["kind"], transfer["payer"], transfer["payee"], transfer["amount_minor"]) == (
+        "surplus", "utility", "h0", 160)                                # 400 Wh at feed-in 400
 
 
 def test_provenance_follows_references_to_readings_orders_clearing_settlement(world):
     cleared_market(world)
     world.next_time(END_MS)
-    for tx in (reading(world, "h0", 0, 1000), reading(world, "h1", 600, 0), reading(world, "h2", 800, 0)):
+    for tx in (reading(world, "h0", 0, 900), reading(world, "h1", 600, 0), reading(world, "h2", 400, 0)):
         world.apply(tx)
     world.next_time(SETTLE_MS)
     world.apply(settle_tx(world))
@@ -230,9 +331,12 @@ def test_provenance_follows_references_to_readings_orders_clearing_settlement(wo
     interval = world.state.get("intervals", str(INTERVAL_S))
     assert p["seller"]["household"] == "h0" and p["buyer"]["household"] == "h1"
     assert p["seller"]["order"]["side"] == "sell" and p["buyer"]["order"]["side"] == "buy"
-    assert p["seller"]["reading"]["export_wh"] == 1000 and p["seller"]["reading"]["gateway"] == world.gateways["h0"].public_hex
+    seller_reading = p["seller"]["reading"]
+    assert seller_reading["export_wh"] == 900 and seller_reading["gateway"] == world.gateways["h0"].public_hex
+    assert [(d["kind"], d["energy_wh"]) for d in p["seller"]["deviations"]] == [("shortfall", 100)]
+    assert p["buyer"]["deviations"] == []
     assert p["clearing_tx"] == interval["clearing_tx"] and p["settlement_tx"] == interval["settlement_tx"]
-    assert p["trade"]["status"] == "settled"
+    assert p["trade"]["status"] == "settled" and p["trade"]["paid_minor"] == 450
     assert set(p["txs"]) >= {interval["clearing_tx"], interval["settlement_tx"], p["seller"]["order"]["tx"],
                              p["buyer"]["reading"]["tx"]}
     assert provenance(world.state, "nope") is None

@@ -1,15 +1,10 @@
-"""`gridhive ctl market ...` on a store written by the market loop."""
-import json
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+"""`gridhive ctl market ...`: order-book depth, and what `serve` refuses before it starts. The
+commands against a running ledger are tested in tests/ledger/test_market_on_ledger.py."""
 from typer.testing import CliRunner
 
-from gridhive.gridops import ConsentRegistry
 from gridhive.market import book_depth
 from gridhive.market.cli import app
-from gridhive.market.loop import MarketLoop, MarketStore
-from market_fixtures import T0, bid, offer
-from test_market_loop import CONFIG, HOUSES, KEYS, LEAD_MS, ListSource
+from market_fixtures import bid, offer
 
 runner = CliRunner()
 
@@ -21,46 +16,11 @@ def test_book_depth_accumulates_towards_the_better_prices():
                                                   (20, 100, 0, 100, 100)]
 
 
-def make_store(tmp_path):
-    store = MarketStore(tmp_path / "market.sqlite")
-    source = ListSource()
-    before_gate = T0 - LEAD_MS - 10
-    for order in (bid("A1", "alice", 1_000, 25, ts_ms=before_gate),
-                  offer("B1", "bob", 600, 8, ts_ms=before_gate),
-                  offer("C1", "carol", 600, 12, ts_ms=before_gate)):
-        source.send(order)
-    loop = MarketLoop(CONFIG, HOUSES, store, source, Ed25519PrivateKey.generate(),
-                      {m: k.public_key() for m, k in KEYS.items()},
-                      {T0: {"alice": -1_000, "bob": 600, "carol": 400}}.get)
-    loop.tick(T0 - LEAD_MS)
-    loop.tick(T0 + CONFIG.interval_ms)
-    store.close()
-    return tmp_path / "market.sqlite"
-
-
-def test_ctl_market_commands(tmp_path):
-    db = str(make_store(tmp_path))
-    shown = runner.invoke(app, ["show", "--db", db, "--json"])
-    assert shown.exit_code == 0, shown.output
-    summary = json.loads(shown.output)
-    assert summary["state"] == "settled" and summary["energy_wh"] == 1_000
-    assert summary["interval_start"] == "2024-06-01 00:00 UTC" and len(summary["signature"]) == 128
-    same = runner.invoke(app, ["show", "2024-06-01T00:00Z", "--db", db, "--json"])
-    assert json.loads(same.output) == summary
-
-    assert "demand" in runner.invoke(app, ["depth", "--db", db]).output
-    trades = runner.invoke(app, ["results", str(T0), "--db", db])
-    assert trades.exit_code == 0 and "carol" in trades.output
-    statement = runner.invoke(app, ["statements", "--member", "alice", "--db", db])
-    assert "alice" in statement.output and "40.00" in statement.output  # 18 c vs 30 c / kWh
-    assert runner.invoke(app, ["results", str(T0 + 900_000), "--db", db]).exit_code == 1
-    assert runner.invoke(app, ["show", "--db", str(tmp_path / "none.sqlite")]).exit_code != 0
-
-    consents = ConsentRegistry()
-    consents.grant("carol", "dso", "metering", T0 - 1)
-    consents.save(tmp_path / "consent.jsonl")
-    exported = runner.invoke(app, ["export", "--out", str(tmp_path / "out"), "--db", db])
-    assert exported.exit_code == 0, exported.output
-    document = json.loads((tmp_path / "out" / "export.json").read_text())
-    assert document["metering"][0]["net_export_wh"] == 0  # 3 households on f1: shown
-    assert [r["member_id"] for r in document["household_metering"]] == ["carol"]
+def test_serve_names_a_bad_operator_key_and_show_a_missing_ledger(tmp_path):
+    (tmp_path / "operator.key").write_text("not hex\n")
+    bad = runner.invoke(app, ["serve", "--ledger", "127.0.0.1:9", "--operator-key", str(tmp_path / "operator.key")])
+    assert bad.exit_code == 2 and "--operator-key" in bad.output
+    missing = runner.invoke(app, ["serve", "--operator-key", str(tmp_path / "nope.key")])
+    assert missing.exit_code == 2 and "--operator-key" in missing.output
+    nobody = runner.invoke(app, ["show", "--ledger", "127.0.0.1:9"])
+    assert nobody.exit_code == 2 and "no validator answers" in nobody.output
