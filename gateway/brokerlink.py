@@ -21,7 +21,8 @@ The session is what the gateway's delivery guarantee rests on (docs/GATEWAY.md):
   when a PINGRESP is a keepalive late; connection failures reported like the uplink's
   (gridhive.mqtt_security).
 
-The packet codec is the module-level pure functions below (MQTT 5 / 3.1.1, QoS 0 and 1 only).
+The packet codec is the module-level pure functions below (MQTT 5 / 3.1.1, QoS 0 and 1 only); the
+variable length integers are the node client's (ghnode.mqtt).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import time
 from collections import deque
 from typing import Callable, NamedTuple
 
+from ghnode.mqtt import MQTTException, dec_len, enc_len
 from gridhive.mqtt_security import ConnectFailure, FailureLog, Options, describe_connack, describe_exception
 
 log = logging.getLogger(__name__)
@@ -62,30 +64,12 @@ class Received(NamedTuple):
 
 # --- codec (pure) -------------------------------------------------------------------------------
 
-def varint(n: int) -> bytes:
-    """MQTT's variable byte integer: 7 bits a byte, least significant first, high bit = more."""
-    out = bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out.append(digit | 0x80 if n else digit)
-        if not n:
-            return bytes(out)
-
-
 def read_varint(buf, pos: int) -> tuple[int, int] | None:
     """(value, next position) of the variable byte integer at buf[pos], or None if it is incomplete."""
-    value = shift = 0
-    end = len(buf)
-    while pos < end:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 21:
-            raise ProtocolError("a variable length integer longer than 4 bytes")
-    return None
+    try:
+        return dec_len(buf, pos)
+    except MQTTException:
+        raise ProtocolError("a variable length integer longer than 4 bytes") from None
 
 
 def _str16(b: bytes) -> bytes:
@@ -93,7 +77,7 @@ def _str16(b: bytes) -> bytes:
 
 
 def _packet(first: int, body: bytes) -> bytes:
-    return bytes((first,)) + varint(len(body)) + body
+    return bytes((first,)) + enc_len(len(body)) + body
 
 
 def connect_packet(client_id: str, keepalive_s: int, *, mqtt5: bool, clean_start: bool,
@@ -115,7 +99,7 @@ def connect_packet(client_id: str, keepalive_s: int, *, mqtt5: bool, clean_start
     header = b"\x00\x04MQTT" + bytes((5 if mqtt5 else 4, flags)) + struct.pack("!H", keepalive_s)
     if mqtt5:
         props = b"\x11" + struct.pack("!I", session_expiry_s) + b"\x21" + struct.pack("!H", receive_maximum)
-        header += varint(len(props)) + props
+        header += enc_len(len(props)) + props
     return _packet(0x10, header + payload)
 
 
@@ -131,7 +115,7 @@ def publish_packet(topic: str, payload: bytes, qos: int, retain: bool, pid: int,
                    dup: bool = False) -> bytes:
     variable = _str16(topic.encode()) + (struct.pack("!H", pid) if qos else b"") + (b"\x00" if mqtt5 else b"")
     first = 0x30 | (0x08 if dup else 0) | qos << 1 | (1 if retain else 0)
-    return bytes((first,)) + varint(len(variable) + len(payload)) + variable + payload
+    return bytes((first,)) + enc_len(len(variable) + len(payload)) + variable + payload
 
 
 def puback_packet(pid: int) -> bytes:
@@ -246,6 +230,7 @@ class BrokerLink:
         self._subscribe_pid = 0  # while the SUBSCRIBE is unanswered: ids are shared with publishes
         self._ping_sent: float | None = None
         self._closing = False
+        self._paused = False
         self._refusals_logged: set[int] = set()
 
     # --- API -----------------------------------------------------------------------------------
@@ -272,6 +257,17 @@ class BrokerLink:
         """PUBACK a QoS 1 message once it is stored, unless the connection that delivered it is gone."""
         if self.manual_ack and message.qos and message.generation == self.generation and self.connected:
             self._queue(puback_packet(message.pid))
+
+    def pause_reading(self) -> None:
+        """Stop reading from the broker (TCP holds it back) until resume_reading()."""
+        self._paused = True
+        if self._protocol is not None:
+            self._protocol.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused and self._protocol is not None:
+            self._protocol.transport.resume_reading()
+        self._paused = False
 
     @property
     def unacked(self) -> int:
@@ -353,6 +349,8 @@ class BrokerLink:
         # Runs as the CONNACK is read, before any PUBLISH that follows it in the same read.
         self.generation += 1
         self._protocol, self._out, self._ping_sent = protocol, bytearray(), None
+        if self._paused:
+            protocol.transport.pause_reading()
         self._send_quota = max(1, receive_maximum)
         self._subscribe_pid = self._free_pid()
         self._queue(subscribe_packet(self._subscribe_pid, self.subscriptions, mqtt5=self.mqtt5))

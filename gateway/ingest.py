@@ -115,6 +115,7 @@ class Ingest:
         self._is_known = is_known
         self.tracks: dict[str, NodeTrack] = tracks if tracks is not None else {}
         self._pending: dict[str, set[int]] = {}
+        self._committing: dict[str, set[int]] | None = None  # the batch being written, see flushing()
         self._limits_w: dict[tuple[str, int], float] = {}
         self.accepted: Counter = Counter()  # by message type
         self.rejected: Counter = Counter()  # by reason
@@ -124,9 +125,17 @@ class Ingest:
     def track(self, node: str) -> NodeTrack:
         return self.tracks.setdefault(node, NodeTrack())
 
+    def flushing(self) -> None:
+        """The pending messages are being committed (by another thread): they count as pending
+        until stored(), and what arrives from now on is the next batch."""
+        self._committing, self._pending = self._pending, {}
+
     def stored(self) -> None:
-        """The pending messages are committed: duplicates of them are now found in storage."""
-        self._pending.clear()
+        """The batch handed over by flushing() (without it: every pending message) is committed:
+        duplicates of its messages are now found in storage."""
+        if self._committing is None:
+            self._pending.clear()
+        self._committing = None
 
     def receive(self, topic: str, payload: bytes, rx_ms: int) -> Verdict:
         parsed = wire.parse_topic(topic)
@@ -151,7 +160,8 @@ class Ingest:
         seq = msg["seq"]
         if seq <= track.floor_seq:
             return self._reject(node, "replay", f"seq {seq} <= pruned floor {track.floor_seq}", msg, body, ack=True)
-        if seq in self._pending.get(node, ()) or (seq <= track.max_seq and self._is_known(node, seq)):
+        if (seq in self._pending.get(node, ()) or (self._committing and seq in self._committing.get(node, ()))
+                or (seq <= track.max_seq and self._is_known(node, seq))):
             self.duplicates += 1
             return Verdict(DUPLICATE, node=node, msg=msg, body=body, ack=True)
 

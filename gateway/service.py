@@ -1,7 +1,8 @@
 """The gateway process: one asyncio loop around the pure cores.
 
   local broker --(BrokerLink: every packet of a socket read)--> on_messages --> Ingest.receive --> pending batch
-  every ack_batch_ms (or commit_max_messages): Storage.commit (one transaction)
+  every ack_batch_ms (or commit_max_messages): the batch goes to the writer thread (storage.BatchWriter,
+      one transaction on a connection of its own) while the loop receives the next; once stored
       --> PUBACK to the broker --> signed acks to the nodes --> uplink pump, replies, HA states
   a 1 s ticker: uplink resends and status, HA states, LED, metrics, sd_notify watchdog, pruning
   with a [meter]: the Modbus poller task (gateway.meter.service) reads it every period_s and
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from concurrent import futures
 import gc
 from collections import Counter
 import logging
@@ -38,7 +40,7 @@ from .metrics import GatewayMetrics
 from .brokerlink import BrokerLink, Received
 from .panel import StatusPanel, panel_state
 from .sdnotify import SdNotifier
-from .storage import Storage, canonical_json
+from .storage import BatchWriter, Storage, canonical_json, node_rows
 from .uplink import Uplink
 
 log = logging.getLogger("gridhive.gateway")
@@ -106,6 +108,10 @@ class Gateway:
         self.http_port: int | None = None
         self._http_task: asyncio.Task | None = None
         self._pending: list[tuple[Verdict, int, Received]] = []
+        # Ingest batches are written by a thread of their own (the loop goes on receiving and
+        # verifying meanwhile); (batch, future, started) while one is being written.
+        self.writer = BatchWriter(self.storage)
+        self._writing: tuple[list[tuple[Verdict, int, Received]], futures.Future, float] | None = None
         self._acks_only: list[Received] = []  # MQTT messages that need no storage
         self._flush_handle: asyncio.TimerHandle | None = None
         self._announced: dict[str, tuple[frozenset, frozenset]] = {}
@@ -140,10 +146,14 @@ class Gateway:
             "rejected": dict(self.ingest.rejected), "rejected_total": sum(self.ingest.rejected.values()),
             "duplicates": self.ingest.duplicates, "counter_resets": self.ingest.counter_resets,
             "stored_messages": self.storage.count("message"), "quarantined": self.storage.count("quarantine"),
-            "pending": len(self._pending), "outbox_items": items, "outbox_batches": batches,
+            "pending": self._pending_count(), "outbox_items": items, "outbox_batches": batches,
             "broker_connected": self.local.connected,
             "uplink_connected": bool(self.uplink and self.uplink.link.connected),
         }
+
+    def _pending_count(self) -> int:
+        """Messages received and not yet stored: pending, and the batch being written."""
+        return len(self._pending) + (len(self._writing[0]) if self._writing else 0)
 
     def energy(self, start_ms: int, end_ms: int) -> dict:
         households = self.storage.household_energy(self.cfg.registry, start_ms, end_ms)
@@ -206,8 +216,8 @@ class Gateway:
             self._loop.call_soon_threadsafe(self._stop.set)
 
     async def _shutdown(self) -> None:
-        if self._pending:
-            self.flush()
+        self.flush()
+        self.writer.close()
         if self.uplink:
             self.uplink.stop()
         if self.ha:
@@ -243,7 +253,7 @@ class Gateway:
                     last_status, self._status_changed = now, False
                     self.uplink.publish_status()
             self._publish_ha_states(now)
-            self.metrics.pending.set(len(self._pending))
+            self.metrics.pending.set(self._pending_count())
             self.metrics.nodes_online.set(sum(1 for t in self.ingest.tracks.values() if t.online))
             if self.panel:
                 self.panel.show(panel_state(self.local.connected, bool(self.uplink and self.uplink.link.connected),
@@ -271,6 +281,8 @@ class Gateway:
                 if verdict.outcome == REJECTED:
                     self._rejected(verdict, now)
                 self._pending.append((verdict, now, m))
+                if len(self._pending) == self.cfg.ingest.commit_max_messages:
+                    self._cut()  # a socket read can hold hundreds: cut at the limit, not after them
                 continue
             self._acks_only.append(m)
             if self.ha and m.topic == self.ha.birth_topic:
@@ -280,10 +292,8 @@ class Gateway:
                 command = self.ha.parse_command(m.topic, m.payload)
                 if command:
                     self._loop.create_task(self._ha_switch(*command))
-        if len(self._pending) >= self.cfg.ingest.commit_max_messages:
-            self.flush()
-        elif (self._pending or self._acks_only) and self._flush_handle is None:
-            self._flush_handle = self._loop.call_later(self.cfg.ingest.ack_batch_ms / 1000, self.flush)
+        if (self._pending or self._acks_only) and self._flush_handle is None:
+            self._flush_handle = self._loop.call_later(self.cfg.ingest.ack_batch_ms / 1000, self._cut)
 
     def _rejected(self, v: Verdict, now: int) -> None:
         self.metrics.rejected.labels(v.reason).inc()
@@ -294,21 +304,44 @@ class Gateway:
             log.warning("rejected %s from %s: %s%s", v.reason, (v.node or "?")[:40], v.detail[:200], more)
 
     def flush(self) -> None:
-        """Commit the pending batch, then acknowledge it and act on it."""
+        """Commit everything received so far and act on it, waiting for the writes (the meter's
+        interval cross-check and shutdown need the readings stored)."""
+        while not self._fatal and (self._writing or self._pending or self._acks_only):
+            if self._writing:
+                futures.wait([self._writing[1]])
+                self._written(self._writing[1])
+            else:
+                self._cut()
+
+    def _cut(self) -> None:
+        """Hand the pending batch to the writer thread. While one is being written the next waits
+        (and reading from the broker pauses at commit_max_messages); it is cut when that one is stored."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        batch, self._pending = self._pending, []
         acks_only, self._acks_only = self._acks_only, []
         for m in acks_only:
             self.local.ack(m)
-        if not batch:
+        if self._writing or not self._pending:
+            if len(self._pending) >= self.cfg.ingest.commit_max_messages:
+                self.local.pause_reading()
             return
-        started = time.perf_counter()
+        batch, self._pending = self._pending, []
+        self.ingest.flushing()
         touched = {v.node for v, _, _ in batch if v.outcome in (ACCEPTED, STATUS)}
+        future = self.writer.submit([(v, rx) for v, rx, _ in batch if v.outcome == ACCEPTED or v.quarantine],
+                                    node_rows({node: self.ingest.tracks[node] for node in touched}))
+        self._writing = (batch, future, time.perf_counter())
+        future.add_done_callback(lambda f: self._loop.call_soon_threadsafe(self._written, f))
+
+    def _written(self, future: futures.Future) -> None:
+        """A batch is stored (or failed): acknowledge it and act on it; cut the next one if due."""
+        if self._writing is None or self._writing[1] is not future:
+            return  # flush() has handled it already
+        batch, _, started = self._writing
+        self._writing = None
         try:
-            self.storage.commit([(v, rx) for v, rx, _ in batch if v.outcome == ACCEPTED or v.quarantine],
-                                {node: self.ingest.tracks[node] for node in touched})
+            future.result()
         except sqlite3.Error as e:
             # Nothing of this batch is acknowledged, so nothing is lost: stop and let systemd
             # restart us; the broker and the nodes deliver the batch again.
@@ -317,6 +350,13 @@ class Gateway:
             return
         self.ingest.stored()
         self.metrics.commit_s.observe(time.perf_counter() - started)
+        self._committed(batch)
+        self.local.resume_reading()
+        # Due already: full, or its timer went off while this batch was being written.
+        if len(self._pending) >= self.cfg.ingest.commit_max_messages or (self._pending and self._flush_handle is None):
+            self._cut()
+
+    def _committed(self, batch: list[tuple[Verdict, int, Received]]) -> None:
         now = self.clock_ms()
         node_acks: dict[str, list[int]] = {}
         # Home Assistant shows a node's latest reading: its last tele of the batch is enough.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
@@ -98,12 +99,20 @@ class Storage:
     def __init__(self, path: Path | str, synchronous: str = "FULL"):
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), isolation_level=None)  # explicit BEGIN/COMMIT
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={synchronous}")
-        self.db.execute("PRAGMA busy_timeout=5000")
+        self.path, self.synchronous = str(path), synchronous
+        self.db = self.connect()
         self.db.executescript(SCHEMA)
         self.db.executescript(METER_SCHEMA)
+
+    def connect(self, check_same_thread: bool = True) -> sqlite3.Connection:
+        """A connection to this database. The gateway writes its ingest batches on one of their own,
+        in a thread of their own (service.Gateway), so the event loop goes on while SQLite works
+        and fsyncs; SQLite lets one connection write at a time, the other waits (busy_timeout)."""
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=check_same_thread)  # explicit BEGIN
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
 
     def close(self) -> None:
         self.db.close()
@@ -130,7 +139,12 @@ class Storage:
         return tracks
 
     def commit(self, verdicts: Iterable[tuple[Verdict, int]], tracks: dict[str, NodeTrack]) -> int:
-        """Store (verdict, rx_ms) pairs and the given nodes' state in one transaction.
+        """Store (verdict, rx_ms) pairs and the given nodes' state in one transaction (write())."""
+        return self.write(list(verdicts), node_rows(tracks))
+
+    def write(self, verdicts: list[tuple[Verdict, int]], nodes: list[tuple], db: sqlite3.Connection | None = None) -> int:
+        """Store (verdict, rx_ms) pairs and node_rows() in one transaction on `db` (this connection
+        by default). The verdicts are read, never changed, so another thread may write them.
 
         Idempotent on (node, seq): a message already stored adds nothing (no second aggregate,
         interval energy or outbox copy). Returns how many messages were newly stored.
@@ -145,19 +159,18 @@ class Storage:
                 quarantined.append((verdict.node, verdict.msg["seq"], verdict.reason, rx_ms, verdict.body))
             elif verdict.outcome == ACCEPTED:
                 accepted.append((verdict, rx_ms))
-        with self._tx() as cur:
+        with _Transaction(db or self.db) as cur:
             if quarantined:
                 cur.executemany("INSERT OR IGNORE INTO quarantine VALUES (?,?,?,?,?)", quarantined)
             accepted = self._insert_new(cur, accepted)
             cur.executemany("INSERT INTO outbox_item (body) VALUES (?)", [(v.body,) for v, _ in accepted])
             self._aggregate(cur, [v for v, _ in accepted if v.msg["t"] == "tele"])
+            # The floor only rises: prune() may have raised it after this batch's rows were taken.
             cur.executemany(
                 "INSERT INTO node_state (node, max_seq, floor_seq, boot, last_seen_ms, fw, online) "
                 "VALUES (?,?,?,?,?,?,?) ON CONFLICT (node) DO UPDATE SET max_seq=excluded.max_seq, "
-                "floor_seq=excluded.floor_seq, boot=excluded.boot, last_seen_ms=excluded.last_seen_ms, "
-                "fw=excluded.fw, online=excluded.online",
-                [(node, t.max_seq, t.floor_seq, t.boot, t.last_seen_ms, t.fw, None if t.online is None else int(t.online))
-                 for node, t in tracks.items()])
+                "floor_seq=max(floor_seq, excluded.floor_seq), boot=excluded.boot, "
+                "last_seen_ms=excluded.last_seen_ms, fw=excluded.fw, online=excluded.online", nodes)
         return len(accepted)
 
     def _insert_new(self, cur, accepted: list[tuple[Verdict, int]]) -> list[tuple[Verdict, int]]:
@@ -403,6 +416,31 @@ class Storage:
             deleted["meter_check"] = cur.execute("DELETE FROM meter_check WHERE start_ms < ?",
                                                  (now_ms - interval_days * DAY_MS,)).rowcount if interval_days else 0
         return deleted
+
+
+class BatchWriter:
+    """Writes ingest batches (Storage.write) on a connection of their own, in a thread of their own:
+    SQLite releases the GIL while it works and fsyncs, so the event loop receives and verifies the
+    next batch meanwhile. One batch at a time, in the order submitted."""
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="gateway-writer")
+        self._db = storage.connect(check_same_thread=False)  # used by that thread only, from here on
+
+    def submit(self, verdicts: list[tuple[Verdict, int]], nodes: list[tuple]) -> Future:
+        """Future of write()'s count; its exception is write()'s (the transaction was rolled back)."""
+        return self._thread.submit(self.storage.write, verdicts, nodes, self._db)
+
+    def close(self) -> None:
+        self._thread.submit(self._db.close).result()
+        self._thread.shutdown()
+
+
+def node_rows(tracks: dict[str, NodeTrack]) -> list[tuple]:
+    """node_state rows of the given nodes as they are now: a batch takes them when it is cut."""
+    return [(node, t.max_seq, t.floor_seq, t.boot, t.last_seen_ms, t.fw, None if t.online is None else int(t.online))
+            for node, t in tracks.items()]
 
 
 def _message_rows(accepted: list[tuple[Verdict, int]]) -> list[tuple]:

@@ -85,6 +85,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ghnode import wire
+from ghnode.mqtt import enc_len
 from gridhive.broker import MosquittoBroker, free_port, mosquitto_path, stop_process, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,15 +114,6 @@ def _node_ids(n: int) -> list[str]:
 
 # --- a minimal MQTT 3.1.1 client: cheap enough that the load generators are not what is measured ----
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | 0x80 if n else digit)
-        if not n:
-            return bytes(out)
-
-
 def _str16(b: bytes) -> bytes:
     return struct.pack("!H", len(b)) + b
 
@@ -134,7 +126,7 @@ class _Conn:
         s = socket.create_connection((host, port), timeout=10)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         body = _str16(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", 0) + _str16(client_id.encode())
-        s.sendall(b"\x10" + _varint(len(body)) + body)
+        s.sendall(b"\x10" + enc_len(len(body)) + body)
         connack = b""
         while len(connack) < 4:
             chunk = s.recv(4 - len(connack))
@@ -156,7 +148,7 @@ class _Conn:
         self.pid = self.pid % 65535 + 1
         w = self.wbuf
         w += b"\x33" if retain else b"\x32"
-        w += _varint(4 + len(topic) + len(payload))
+        w += enc_len(4 + len(topic) + len(payload))
         w += struct.pack("!H", len(topic))
         w += topic
         w += struct.pack("!H", self.pid)
@@ -167,7 +159,7 @@ class _Conn:
         for i in range(0, len(filters), 200):
             self.pid = self.pid % 65535 + 1
             body = struct.pack("!H", self.pid) + b"".join(_str16(f) + b"\x01" for f in filters[i:i + 200])
-            self.wbuf += b"\x82" + _varint(len(body)) + body
+            self.wbuf += b"\x82" + enc_len(len(body)) + body
 
     def pump(self, timeout: float = 0.0) -> None:
         """Write what the socket takes, read what has arrived; wait up to `timeout` for either."""

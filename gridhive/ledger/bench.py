@@ -39,15 +39,18 @@ def _percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def run(validators: int = 4, max_tx_s: int = 4_000, duration_s: float = 15.0, warmup_s: float = 4.0,
+def run(validators: int = 4, max_tx_s: int | None = None, duration_s: float = 15.0, warmup_s: float = 4.0,
         block_period_ms: int = 1_000, clients: int = 2_000, latency_load: float = 0.7,
-        backlog_s: float = 2.0) -> dict:
+        backlog_s: float = 1.5) -> dict:
     """Two phases on one cluster. Saturation: offer `max_tx_s`, more than the chain finalizes,
     with at most `backlog_s` × max_tx_s accepted and not yet final (a bound for the mempools),
     so the validators always have a queue: tx_per_s, cpu_ms_per_tx. The run says whether it
     really saturated: `saturated` when the backlog never fell below one block period of the
     measured throughput. Finality: an open-loop load at `latency_load` × that throughput
-    (finality p50/p99: latency at saturation would only measure the queue)."""
+    (finality p50/p99: latency at saturation would only measure the queue). `max_tx_s` defaults
+    to 16 000 / validators: every validator verifies every tx, so capacity falls as 1/n, and an
+    offer far above it only buys a longer queue for every validator to verify first."""
+    max_tx_s = max_tx_s or 16_000 // validators
     with tempfile.TemporaryDirectory(prefix="gridhive-bench-ledger-") as tmp:
         net = generate(Path(tmp), validators, chain_id="bench", clients=clients,
                        consensus={"block_period_ms": block_period_ms, "empty_block_interval_ms": block_period_ms},

@@ -150,6 +150,8 @@ class Node(App):
         """`gossip`: (bytes, digest) of the envelope the tx came in, relayed as they are; `raw`:
         the tx's own bytes in it."""
         try:
+            if len(self.mempool) >= self.config.mempool.max_txs:     # refused before its costly checks
+                raise TxError("mempool_full")
             tid, size, tx_bytes = check_tx_sized(tx, self.chain_id, self.state.params["max_tx_bytes"], raw=raw)
             if not self.state.is_authorized(self.state, tx):
                 raise TxError("unauthorized")

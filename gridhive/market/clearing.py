@@ -61,7 +61,7 @@ class _Side(NamedTuple):
         return _Side(*(column[positions] for column in self))
 
 
-def _ordered(keys: Sequence[np.ndarray], order_ids: Sequence[str], rows: np.ndarray) -> np.ndarray:
+def _ordered(keys: Sequence[np.ndarray], order_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Positions sorting by `keys` (the last is the primary, as in `np.lexsort`), ties broken
     by the smaller order id (`order_ids[rows[i]]`): a total order, as ids are unique.
 
@@ -80,13 +80,13 @@ def _ordered(keys: Sequence[np.ndarray], order_ids: Sequence[str], rows: np.ndar
         stops = (tied[np.r_[breaks, tied.size - 1]] + 2).tolist()
         for start, stop in zip(starts, stops):
             run = positions[start:stop]
-            ids = list(map(order_ids.__getitem__, rows[run].tolist()))
+            ids = order_ids[rows[run]].tolist()
             positions[start:stop] = run[sorted(range(len(run)), key=ids.__getitem__)]
     return positions
 
 
 def _merit_positions(prices: np.ndarray, ts_ms: np.ndarray, price_sign: int,
-                     order_ids: Sequence[str], rows: np.ndarray) -> np.ndarray:
+                     order_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Positions in merit order: by price_sign * price, then ts_ms, then order id.
 
     Price and time of entry are packed into one int64 relative to the side's smallest values
@@ -113,7 +113,7 @@ def _merit_sort(orders: list[Order], price_sign: int) -> None:
     rows = np.arange(len(orders))
     positions = _merit_positions(int_array([o.price_minor_per_kwh for o in orders]),
                                  int_array([o.ts_ms for o in orders]), price_sign,
-                                 [o.order_id for o in orders], rows)
+                                 np.array([o.order_id for o in orders], dtype=object), rows)
     orders[:] = [orders[i] for i in positions.tolist()]
 
 
@@ -284,22 +284,19 @@ def _pairs_to_trades(book: BookColumns, bids: _Side, offers: _Side, pairs, price
     Trade tuples in one C loop.
     """
     bid_pos, offer_pos, energy_wh = pairs
-    bid_rows, offer_rows = bids.rows[bid_pos].tolist(), offers.rows[offer_pos].tolist()
+    bid_rows, offer_rows = bids.rows[bid_pos], offers.rows[offer_pos]
+    buyers, sellers = book.member_id[bid_rows].tolist(), book.member_id[offer_rows].tolist()
     bid_prices = bids.price_minor_per_kwh[bid_pos].tolist()
     offer_prices = offers.price_minor_per_kwh[offer_pos].tolist()
-    order_id, member_id = book.order_id.__getitem__, book.member_id.__getitem__
     same, cross = config.fee_same_feeder_minor_per_kwh, config.fee_cross_feeder_minor_per_kwh
     if same == cross:
         fees = repeat(same)
     else:
         feeder = {m.member_id: m.feeder_id for m in community.members}
-        fees = map(lambda b, s: same if feeder[b] == feeder[s] else cross,
-                   map(member_id, bid_rows), map(member_id, offer_rows))
-    # Lazy maps, so that each trade's strings are read once, in one go: the rows are in merit
-    # order, scattered over memory, and reading them is most of the cost.
-    rows = zip(map(order_id, bid_rows), map(order_id, offer_rows), map(member_id, bid_rows),
-               map(member_id, offer_rows), energy_wh.tolist(), prices(bid_prices, offer_prices),
-               fees, bid_prices, offer_prices, repeat(TradeKind.ORDER))
+        fees = map(lambda b, s: same if feeder[b] == feeder[s] else cross, buyers, sellers)
+    rows = zip(book.order_id[bid_rows].tolist(), book.order_id[offer_rows].tolist(), buyers,
+               sellers, energy_wh.tolist(), prices(bid_prices, offer_prices), fees, bid_prices,
+               offer_prices, repeat(TradeKind.ORDER))
     return list(map(tuple.__new__, repeat(Trade), rows))
 
 

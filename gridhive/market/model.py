@@ -244,11 +244,13 @@ class BookColumns(NamedTuple):
     """An admitted book as columns, in input order: what clearing reads instead of Orders.
 
     The integer columns are exact (`int_array`: int64, or Python ints where a value would
-    not fit), so no result depends on overflow.
+    not fit), so no result depends on overflow. The ids are object arrays rather than lists
+    because the garbage collector does not traverse numpy arrays: every collection that building
+    the trades triggers would otherwise visit all of the book's strings again.
     """
 
-    order_id: list[str]
-    member_id: list[str]
+    order_id: np.ndarray             # object: str
+    member_id: np.ndarray            # object: str
     is_bid: np.ndarray               # bool: a bid, else an offer
     energy_wh: np.ndarray
     price_minor_per_kwh: np.ndarray
@@ -326,10 +328,10 @@ class BookRules:
         checked = self._check_columns(orders)
         if checked is None:
             self._raise_first_error(orders)
-        book, ids = checked
+        book, ids, members = checked
         is_bid = book.is_bid.tolist()
-        bidders = set(compress(book.member_id, is_bid))
-        sellers = set(compress(book.member_id, map(not_, is_bid)))
+        bidders = set(compress(members, is_bid))
+        sellers = set(compress(members, map(not_, is_bid)))
         old_bidders, old_sellers = self._members_on[Side.BID], self._members_on[Side.OFFER]
         known = self.community.member_ids
         if (bidders.difference(known) or sellers.difference(known)
@@ -348,9 +350,10 @@ class BookRules:
             self.admit(order)
         raise RuntimeError("book: validation paths disagree")
 
-    def _check_columns(self, orders: list[Order]) -> tuple[BookColumns, set[str]] | None:
-        """(the book as columns, its id set) if every order passes `admit`'s field rules and
-        the ids are new and unique; else None."""
+    def _check_columns(self, orders: list[Order]
+                       ) -> tuple[BookColumns, set[str], list[str]] | None:
+        """(the book as columns, its id set, its member ids) if every order passes `admit`'s
+        field rules and the ids are new and unique; else None."""
         try:
             if not set(map(type, orders)) <= {Order}:
                 return None
@@ -370,7 +373,7 @@ class BookRules:
                 return None
         except TypeError:  # an unhashable or unorderable field; `admit` names it
             return None
-        book = BookColumns(ids, members,
+        book = BookColumns(np.array(ids, dtype=object), np.array(members, dtype=object),
                            np.fromiter(map(eq, sides, repeat(Side.BID)), bool, len(sides)),
                            int_array(energy_wh), int_array(prices), int_array(ts_ms))
         if orders and not (book.energy_wh.min() > 0
@@ -378,7 +381,7 @@ class BookRules:
                            and book.price_minor_per_kwh.max() <= self._cap
                            and 0 <= book.ts_ms.min() and book.ts_ms.max() <= self._gate_ms):
             return None
-        return book, id_set
+        return book, id_set, members
 
     def admit_request(self, request: EnergyRequest) -> None:
         validate_request(request, self.config, self.community)
