@@ -112,9 +112,10 @@ class Consensus:
                 if vote["validator"] in self.validators:
                     self._store_vote(vote, in_pol=True)
         if record and record["height"] == self.height:
-            if record["step"] > 1 and self.is_validator:
-                self._store_vote(record["msg"])
-                self._own.setdefault(record["round"], []).append(vote_msg(record["msg"]))
+            if self.is_validator:
+                for vote in self.privval.round_messages():
+                    self._store_vote(vote)
+                    self._own.setdefault(record["round"], []).append(vote_msg(vote))
             self._start_round(record["round"], now_ms)
         else:
             self._maybe_start(now_ms)

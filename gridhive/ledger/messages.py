@@ -96,6 +96,17 @@ def parse_tx_msg(data: bytes, max_bytes: int) -> tuple[dict, bytes]:
     return env["tx"], data[len(TX_MSG_PREFIX):-1]
 
 
+def block_bytes(env: dict, data: bytes) -> bytes | None:
+    """The canonical bytes of a `proposal`'s or `decision`'s block, cut out of `data`, the
+    envelope's bytes as `parse` checked them canonical: "block" is the envelope's first key, so
+    its bytes are what lies between '{"block":' and the encoding of the envelope's other keys.
+    Validating, storing and hashing the block then need no other encoding of its txs."""
+    head, tail = b'{"block":', b"," + encode_unchecked({k: v for k, v in env.items() if k != "block"})[1:]
+    if len(data) > len(head) + len(tail) and data.startswith(head) and data.endswith(tail):
+        return data[len(head):len(data) - len(tail)]
+    return None
+
+
 def parse(data: bytes, max_bytes: int) -> dict:
     """Decode a wire envelope and check its shape (contents are checked by their handlers)."""
     try:

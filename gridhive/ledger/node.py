@@ -10,13 +10,15 @@ from .consensus import STEP_NAMES, App, Consensus, ConsensusConfig, block_hash
 from .crypto import SigningKey
 from .evidence import EvidencePool
 from .mempool import Mempool, MempoolConfig
-from .messages import TX_MSG_PREFIX, MsgError, parse, parse_tx_msg, tx_msg
+from .messages import TX_MSG_PREFIX, MsgError, block_bytes, parse, parse_tx_msg, tx_msg
 from .privval import PrivValidator
 from .rules import MarketRules
 from .snapshot import Assembly, SnapshotError, verify
 from .state import BlockError, PendingBlock, State
 from .tx import TxError, check_tx_sized, make_tx
 from .valset import ValidatorSet
+
+BLOCK_BYTES_KEPT = 8                 # blocks of one height (a proposal per round, decisions)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ class Node(App):
         self._gossip_seen: dict[str, str] = {}
         self._gossip_seen_max = 2 * config.mempool.max_txs
         self._exec: dict[str, PendingBlock | str] = {}
+        # block hash -> (height, canonical bytes) of blocks that came in proposals or decisions
+        # (bounded): executing and storing them reuses these instead of encoding their txs again
+        self._block_bytes: dict[str, tuple[int, bytes]] = {}
         self.final_tx_ids: dict[int, list[str]] = {}     # the ids of recent final blocks' txs, for a service to index
         self._out: list = []
         privval = PrivValidator(key, signed_record) if key else None
@@ -81,6 +86,8 @@ class Node(App):
             return []
         if env["kind"] == "snapshot_chunk":
             return self._collect(self._on_snapshot_chunk(peer, env, now_ms))
+        if env["kind"] in ("proposal", "decision"):
+            self._remember_block_bytes(env, data)
         return self._collect(self.consensus.on_envelope(peer, env, data, msg_digest, now_ms))
 
     def on_timer(self, timer: tuple, now_ms: int) -> list:
@@ -219,12 +226,26 @@ class Node(App):
         self._exec[block_hash(block)] = pending
         return block
 
+    def _remember_block_bytes(self, env: dict, data: bytes) -> None:
+        bhash, found = block_hash(env["block"]), block_bytes(env, data)
+        height = env["block"]["header"].get("height") if bhash is not None else None
+        if type(height) is int and found is not None:
+            self._block_bytes[bhash] = (height, found)
+            if len(self._block_bytes) > BLOCK_BYTES_KEPT:
+                del self._block_bytes[next(iter(self._block_bytes))]
+
+    def block_bytes(self, bhash: str) -> bytes | None:
+        """The canonical bytes of a block this node received, if still at hand (for the store)."""
+        kept = self._block_bytes.get(bhash)
+        return kept[1] if kept else None
+
     def block_error(self, block: dict) -> str | None:
         bhash = block_hash(block)
         result = self._exec.get(bhash)
         if result is None:
             try:
-                result = self.state.execute(block, decoded=True, checked=self.mempool.checked)   # out of `parse`
+                result = self.state.execute(block, decoded=True, checked=self.mempool.checked,   # out of `parse`
+                                            block_bytes=self.block_bytes(bhash))
             except BlockError as exc:
                 self.reject("invalid_block")
                 result = exc.reason
@@ -232,7 +253,11 @@ class Node(App):
         return None if isinstance(result, PendingBlock) else result
 
     def finalize(self, block: dict, commit: list[dict], now_ms: int) -> ValidatorSet:
-        pending = self._exec[block_hash(block)]
+        bhash = block_hash(block)
+        pending = self._exec[bhash]
+        # this block's until the next commit (the service stores it), and those of later heights
+        self._block_bytes = {h: kept for h, kept in self._block_bytes.items()
+                             if h == bhash or kept[0] > pending.height}
         self.state.commit(pending)
         self.final_tx_ids[pending.height] = pending.tx_ids
         if len(self.final_tx_ids) > 16:

@@ -34,5 +34,18 @@ class PrivValidator:
         lock = self.lock_for(hrs[0])
         if lock_block is not None:
             lock = {"height": hrs[0], "round": hrs[1], "block": lock_block, "pol": list(lock_pol)}
+        # A precommit keeps the prevote of its round: restarted, the node must still send it,
+        # as peers that missed it may need it for a quorum; nothing else could resend it (§8.1).
+        prevote = last[:2] == hrs[:2] and last[2] == STEP_NUMBER["prevote"] and self.record["msg"] or None
         self.record = {"height": hrs[0], "round": hrs[1], "step": hrs[2], "msg": msg, "lock": lock}
+        if prevote and hrs[2] == STEP_NUMBER["precommit"]:
+            self.record["prevote"] = prevote
         return msg, self.record
+
+    def round_messages(self) -> list[dict]:
+        """The votes of the record's round that a restarted node sends again: its last one and,
+        after a precommit, the prevote before it."""
+        r = self.record
+        if not r or r["step"] == STEP_NUMBER["proposal"]:
+            return []
+        return [r["prevote"], r["msg"]] if r.get("prevote") else [r["msg"]]

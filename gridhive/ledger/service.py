@@ -159,7 +159,8 @@ class Validator:
         for action in actions:
             kind = type(action)
             if kind is PersistSigned:
-                self.store.put_signed(action.record)
+                lock = action.record["lock"]
+                self.store.put_signed(action.record, lock and self.node.block_bytes(block_hash(lock["block"])))
                 dirty = True
                 continue
             if kind is CommitBlock:
@@ -244,7 +245,7 @@ class Validator:
         block = action.block
         tx_ids = self.node.final_tx_ids[action.height]
         bhash = block_hash(block)
-        self.store.put_block(action.height, bhash, block, action.commit, tx_ids)
+        self.store.put_block(action.height, bhash, block, action.commit, tx_ids, self.node.block_bytes(bhash))
         state = self.node.state
         if block["header"]["snapshot_hash"] and state.height == action.height:   # §5.3, encoded before the next commit
             self.store.put_snapshot(block["header"], action.commit, encode_unchecked(state.snapshot()))

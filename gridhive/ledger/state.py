@@ -213,10 +213,11 @@ class State:
         """Start a block at height + 1; the proposer adds txs and evidence, then calls `seal()`."""
         return PendingBlock(self, time_ms, proposer)
 
-    def execute(self, block, decoded: bool = False, checked=None) -> "PendingBlock":
+    def execute(self, block, decoded: bool = False, checked=None, block_bytes: bytes | None = None) -> "PendingBlock":
         """Re-execute a received block (§4 rules 1–7); raises BlockError. `decoded`: the block
         came out of `decode` (or the node's own store), so every value is ledger JSON already.
-        `checked(tx) -> (id, size) | None`: txs this node already checked (its mempool's)."""
+        `checked(tx) -> (id, size) | None`: txs this node already checked (its mempool's).
+        `block_bytes`: the block's canonical encoding, if at hand (its txs are hashed from it)."""
         if type(block) is not dict or set(block) != {"header", "txs", "evidence"}:
             raise BlockError("malformed", "block keys")
         header, txs, evidence = block["header"], block["txs"], block["evidence"]
@@ -238,7 +239,10 @@ class State:
                 encode(block)                           # the type walk: every value is ledger JSON
             except CodecError as exc:
                 raise BlockError("malformed", str(exc)) from None
-        txs_bytes, evidence_bytes = encode_unchecked(txs), encode_unchecked(evidence)
+        evidence_bytes = encode_unchecked(evidence)
+        txs_bytes = _txs_bytes(block_bytes, evidence_bytes, header) if block_bytes else None
+        if txs_bytes is None:
+            txs_bytes = encode_unchecked(txs)
         if len(txs_bytes) + len(evidence_bytes) + len(encode_unchecked(header)) + _BLOCK_KEYS_BYTES > p["max_block_bytes"]:
             raise BlockError("oversized")
         if header["txs_hash"] != digest(txs_bytes) or header["evidence_hash"] != digest(evidence_bytes):
@@ -360,6 +364,14 @@ class PendingBlock:
                   "app_hash": app_hash, "snapshot_hash": snapshot_hash}
         self.block = {"header": header, "txs": self.txs, "evidence": self.evidence}
         return self.block
+
+
+def _txs_bytes(block_bytes: bytes, evidence_bytes: bytes, header: dict) -> bytes | None:
+    """The txs' canonical bytes inside a block's canonical bytes: "txs" is the block's last key."""
+    head = b'{"evidence":' + evidence_bytes + b',"header":' + encode_unchecked(header) + b',"txs":'
+    if block_bytes.startswith(head) and block_bytes.endswith(b"}"):
+        return block_bytes[len(head):-1]
+    return None
 
 
 # -- transaction handlers (§3.3) ---------------------------------------------------------------

@@ -57,13 +57,14 @@ class Store:
         elif row[0].decode() != genesis_hash:
             raise StoreError(f"data dir holds another chain (genesis {row[0].decode()[:16]}…)")
 
-    def _block_bytes(self, block: dict) -> bytes:
-        """The lock block is usually the block committed next: encode that object once."""
+    def _block_bytes(self, block: dict, known: bytes | None) -> bytes:
+        """The lock block is usually the block committed next: encode that object once, or not
+        at all when the caller has its canonical bytes (`known`, as received)."""
         if self._encoded[0] is not block:
-            self._encoded = (block, encode_unchecked(block))
+            self._encoded = (block, known or encode_unchecked(block))
         return self._encoded[1]
 
-    def put_signed(self, record: dict) -> None:
+    def put_signed(self, record: dict, lock_block_bytes: bytes | None = None) -> None:
         """The record refers to its lock block by hash; the block itself is written once per lock,
         not with every later signature (a block holds thousands of txs)."""
         self._begin()
@@ -72,15 +73,17 @@ class Store:
             lock_hash = hash_value(lock["block"]["header"])
             if lock_hash != self._lock_hash:
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('lock_block', ?)",
-                                (self._block_bytes(lock["block"]),))
+                                (self._block_bytes(lock["block"], lock_block_bytes),))
                 self._lock_hash = lock_hash
             record = {**record, "lock": {**lock, "block": lock_hash}}
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('signed_record', ?)", (encode_unchecked(record),))
 
-    def put_block(self, height: int, block_hash: str, block: dict, commit: list, tx_ids: list[str]) -> None:
+    def put_block(self, height: int, block_hash: str, block: dict, commit: list, tx_ids: list[str],
+                  block_bytes: bytes | None = None) -> None:
+        """`block_bytes`: the block's canonical encoding, if the caller has it."""
         self._begin()
         self.db.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
-                        (height, block_hash, block["header"]["time_ms"], self._block_bytes(block),
+                        (height, block_hash, block["header"]["time_ms"], self._block_bytes(block, block_bytes),
                          encode_unchecked(commit)))
         self.db.executemany("INSERT OR IGNORE INTO txs VALUES (?, ?, ?)",
                             ((tid, height, i) for i, tid in enumerate(tx_ids)))

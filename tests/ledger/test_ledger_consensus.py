@@ -4,14 +4,15 @@ import pytest
 
 from ledger_world import CHAIN, GENESIS_MS, World
 from gridhive.ledger.actions import Broadcast, CommitBlock, PersistSigned, Schedule, Send, ServeBlocks
-from gridhive.ledger.codec import decode, hash_value
+from gridhive.ledger.codec import decode, encode, hash_value
 from gridhive.ledger.consensus import PRECOMMIT, ConsensusConfig
-from gridhive.ledger.messages import (NIL, decision_msg, make_proposal, make_vote, proposal_msg, sync_request_msg,
-                                      vote_msg)
+from gridhive.ledger.messages import (NIL, block_bytes, decision_msg, make_proposal, make_vote, parse, proposal_msg,
+                                      sync_request_msg, vote_msg)
 from gridhive.ledger.node import Node, NodeConfig
 from gridhive.ledger.privval import PrivValidator
 from gridhive.market.contract import MarketContract
 from gridhive.ledger.state import State
+from gridhive.ledger.tx import make_tx
 from gridhive.ledger.valset import ValidatorSet
 
 T0 = GENESIS_MS + 1_000          # block period after genesis: round 0 may start
@@ -197,6 +198,34 @@ def test_commit_on_quorum_precommits_persists_the_block_before_the_next_height()
     assert start == block["header"]["time_ms"] + 1_000                        # block period
 
 
+def test_a_received_blocks_bytes_are_cut_from_its_envelope_and_serve_its_execution_and_store():
+    """§12: a block that came in a proposal is executed and stored from the bytes it came in,
+    which are exactly its canonical encoding; without them the node encodes it, to the same end."""
+    h = Harness()
+    world = h.world
+    txs = [make_tx(world.members[f"h{i}"], CHAIN, "transfer", 0,
+                   {"to": world.members["h0"].public_hex, "amount_minor": 1 + i}) for i in (1, 2)]
+    block = h.block(h.proposer(1, 0), txs=txs)
+    bhash = hash_value(block["header"])
+    key = h.proposer(1, 0)
+    data = proposal_msg(make_proposal(key, CHAIN, 1, 0, -1, bhash), block)
+    assert block_bytes(parse(data, 1 << 24), data) == encode(block)
+    decision = decision_msg(block, [])
+    assert block_bytes(parse(decision, 1 << 24), decision) == encode(block)
+    assert block_bytes(parse(data, 1 << 24), data[:-1] + b" ") is None               # not that envelope
+
+    h.node.start(T0)
+    h.feed(key, data)
+    assert h.node.block_bytes(bhash) == encode(block)
+    h.votes("prevote", 0, bhash, h.others()[:2])
+    actions = h.votes("precommit", 0, bhash, h.others()[:2])
+    assert [a.height for a in actions if isinstance(a, CommitBlock)] == [1] and h.node.height == 1
+    assert h.node.block_bytes(bhash) == encode(block)                               # kept for the store
+    plain = State(world.genesis, MarketContract())
+    assert plain.execute(decode(encode(block), 1 << 24)).block == \
+        State(world.genesis, MarketContract()).execute(block, block_bytes=encode(block)).block
+
+
 def test_one_third_in_a_later_round_makes_a_node_skip_ahead():
     h = Harness()
     h.node.start(T0)
@@ -300,6 +329,22 @@ def test_restart_from_the_signed_record_keeps_the_lock_and_signs_nothing_conflic
     h.node.on_timer(("precommit", 1, 0), T0 + 3000)
     other = h.block(h.proposer(1, 1), time_ms=T0 + 7)
     assert own_votes(h.propose(1, other, now=T0 + 3100), h.me) == [("prevote", 1, NIL)]
+
+
+def test_a_node_restarted_after_its_precommit_still_sends_the_prevote_before_it():
+    """§8.1: peers that missed a node's prevote may need it for their quorum; after a restart
+    nothing else could resend it (found by the SIGKILL suite as a cluster stuck in prevote)."""
+    h = Harness()
+    h.node.start(T0)
+    block = h.block(h.proposer(1, 0))
+    bhash = hash_value(block["header"])
+    h.propose(0, block)
+    actions = h.votes("prevote", 0, bhash, h.others()[:2])
+    record = [a.record for a in actions if isinstance(a, PersistSigned)][-1]
+    assert record["step"] == 3 and record["prevote"]["type"] == "prevote" and record["prevote"]["block_hash"] == bhash
+    h.node = h.make_node(record=record)                       # crash; restart from the record
+    actions = h.node.start(T0 + 100) + h.node.on_timer(("retransmit", 1, 0), T0 + 2_000)
+    assert sorted(set(own_votes(actions, h.me))) == [("precommit", 0, bhash), ("prevote", 0, bhash)]
 
 
 def test_restart_replays_stored_blocks():

@@ -76,3 +76,32 @@ def test_node_admission_checks_signature_authorisation_and_nonce(world):
     assert node.submit_tx(stranger, 0)[0] == "unauthorized"
     assert node.submit_tx({"junk": 1}, 0)[0] == "malformed"
     assert node.rejections == {"bad_signature": 1, "unauthorized": 1, "malformed": 1}
+
+
+def _signed_as_is(key, tx):
+    """`tx` signed over its own bytes, whatever its values (a forger's tx with a bool or a huge int)."""
+    from gridhive.ledger.codec import encode_unchecked
+    from gridhive.ledger.tx import TX_DOMAIN
+    return {**tx, "sig": key.sign(TX_DOMAIN.encode() + b"\n" + encode_unchecked(tx))}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("nonce", True), ("nonce", 2**63), ("type", True), ("sender", True), ("chain_id", True),
+    ("chain_id", ["gridhive-test"]), ("body", [1]), ("body.amount_minor", True), ("body.amount_minor", 2**63),
+    ("body.to", True), ("body.to", None), ("body.to", {"k": 1}),
+])
+def test_a_gossiped_tx_with_a_wrongly_typed_value_is_refused(world, field, value):
+    """Gossiped txs skip the codec's type walk (§9 'checked once'): the envelope and schema checks
+    must catch every value the walk would have, or a bool or an out-of-range int could enter."""
+    from gridhive.ledger.codec import encode_unchecked
+    from gridhive.ledger.messages import TX_MSG_PREFIX
+    node = Node(world.genesis, None, world.rules, NodeConfig())
+    key = world.members["h0"]
+    tx = {"chain_id": "gridhive-test", "type": "transfer", "sender": key.public_hex, "nonce": 0,
+          "body": {"to": world.members["h1"].public_hex, "amount_minor": 1}}
+    name, _, sub = field.partition(".")
+    tx = {**tx, "body": {**tx["body"], sub: value}} if sub else {**tx, name: value}
+    data = TX_MSG_PREFIX + encode_unchecked(_signed_as_is(key, tx)) + b"}"
+    assert node.on_message("peer", data, 0) == []
+    assert len(node.mempool) == 0
+    assert sum(node.rejections.values()) == 1 and set(node.rejections) <= {"malformed", "wrong_chain"}
