@@ -3,7 +3,8 @@
 Each home is one of the held-out households shipped with the forecaster (gridhive/forecast/data):
 its trading agent forecasts the home's day with the LiteRT model from the week before, schedules
 flexible loads and prices bids and offers; the market clears every 15-minute interval; then the
-day's actual metering is settled against the cleared trades. The result is the papers' headline
+day's actual metering (the household's recorded load and PV, plus the flexible loads its agent
+ran) is settled against the cleared trades. The result is the papers' headline
 figure: each home's energy cost with the market against the same home without it.
 
 The households come from different sites and weeks. Each forecasts and plans on its own real day
@@ -38,6 +39,7 @@ class HomeDay:
     forecast_method: str
     bids: int
     offers: int
+    flex_wh: int            # the flexible loads its agent scheduled and ran (part of its metering)
     bought_wh: int
     sold_wh: int
     grid_import_wh: int
@@ -84,7 +86,9 @@ def simulate_day(member_ids: list[str], config: MarketConfig = DEMO_MARKET) -> C
         plans[member_id] = (blocks.household_id[k], plan, orders)
         has_pv[member_id] = bool(blocks.pv_w[k].any())
         # What the meter will show: export-positive net energy per slot (the settlement convention).
-        metered[member_id] = _wh(blocks.pv_w[k, today]) - _wh(blocks.load_w[k, today])
+        # The flexible loads the agent runs (its relays switch them on) are part of the home's
+        # consumption: it bid for them, and without them its bids would be for energy never used.
+        metered[member_id] = _wh(blocks.pv_w[k, today]) - _wh(blocks.load_w[k, today] + plan.flex_w)
 
     community = Community(tuple(Member(m, "f1", has_generation=has_pv[m]) for m in member_ids),
                           (Feeder("f1"),))
@@ -107,6 +111,7 @@ def simulate_day(member_ids: list[str], config: MarketConfig = DEMO_MARKET) -> C
         homes.append(HomeDay(
             s.member_id, household, community.by_id[s.member_id].has_generation, plan.forecast.method,
             sum(o.side == "bid" for o in orders), sum(o.side == "offer" for o in orders),
+            int(_wh(plan.flex_w).sum()),
             s.bought_wh, s.sold_wh, s.grid_import_wh, s.grid_export_wh, s.cost_milli_minor,
             s.reference_cost_milli_minor, s.reduction_bp))
     volume = sum(e for e, _ in priced)

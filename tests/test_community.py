@@ -21,5 +21,16 @@ def test_a_community_day_conserves_energy_and_money_and_reports_the_papers_metri
     assert day.prosumers_bp is not None and day.consumers_bp is not None
 
 
+def test_the_flexible_loads_an_agent_bids_for_are_metered_and_trading_saves_both_groups_money():
+    """The agents bid for the flexible loads they schedule (EV, water heater, pool pump, A/C), so
+    the home's meter must see them run: metered without them, the bought energy went back to the
+    grid at feed-in and consumers lost money by trading (-0.55 % before this was fixed)."""
+    day = simulate_day([f"home-{i}" for i in range(1, 9)])
+    for h in day.homes:
+        assert h.flex_wh > 0
+        assert h.grid_import_wh + h.bought_wh - h.grid_export_wh - h.sold_wh >= h.flex_wh * 0.5, h
+    assert day.prosumers_bp > 0 and day.consumers_bp > 0
+
+
 def test_the_same_inputs_give_the_same_day():
     assert simulate_day(["a-1", "b-2", "c-3"]) == simulate_day(["a-1", "b-2", "c-3"])
