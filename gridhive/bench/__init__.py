@@ -6,5 +6,6 @@ BENCHES = {
     "ctl-ingest": "gridhive.controller.bench",
     "ingest": "gridhive.bench.ingest",
     "ledger": "gridhive.ledger.bench",
+    "ledger-path": "gridhive.ledger.pathbench",
     "forecast": "gridhive.forecast.bench",
 }
