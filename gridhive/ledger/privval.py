@@ -34,12 +34,12 @@ class PrivValidator:
         lock = self.lock_for(hrs[0])
         if lock_block is not None:
             lock = {"height": hrs[0], "round": hrs[1], "block": lock_block, "pol": list(lock_pol)}
+        previous = self.record
+        self.record = {"height": hrs[0], "round": hrs[1], "step": hrs[2], "msg": msg, "lock": lock}
         # A precommit keeps the prevote of its round: restarted, the node must still send it,
         # as peers that missed it may need it for a quorum; nothing else could resend it (§8.1).
-        prevote = last[:2] == hrs[:2] and last[2] == STEP_NUMBER["prevote"] and self.record["msg"] or None
-        self.record = {"height": hrs[0], "round": hrs[1], "step": hrs[2], "msg": msg, "lock": lock}
-        if prevote and hrs[2] == STEP_NUMBER["precommit"]:
-            self.record["prevote"] = prevote
+        if hrs[2] == STEP_NUMBER["precommit"] and last == (hrs[0], hrs[1], STEP_NUMBER["prevote"]):
+            self.record["prevote"] = previous["msg"]
         return msg, self.record
 
     def round_messages(self) -> list[dict]:

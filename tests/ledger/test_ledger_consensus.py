@@ -312,14 +312,20 @@ def test_privval_never_signs_backwards_or_twice_differently():
     assert pv.sign({**unsigned, "type": "precommit", "block_hash": "ab" * 32}, {"header": {}})[1]["lock"]["round"] == 1
 
 
-def test_restart_from_the_signed_record_keeps_the_lock_and_signs_nothing_conflicting():
-    h = Harness()
+def locked_on_round_0(h):
+    """`h`'s node, started, sees the round-0 block and a prevote quorum for it, so it locks and
+    precommits: (the block's hash, the last-signed record it persisted)."""
     h.node.start(T0)
     block = h.block(h.proposer(1, 0))
     bhash = hash_value(block["header"])
     h.propose(0, block)
     actions = h.votes("prevote", 0, bhash, h.others()[:2])
-    record = [a.record for a in actions if isinstance(a, PersistSigned)][-1]
+    return bhash, [a.record for a in actions if isinstance(a, PersistSigned)][-1]
+
+
+def test_restart_from_the_signed_record_keeps_the_lock_and_signs_nothing_conflicting():
+    h = Harness()
+    bhash, record = locked_on_round_0(h)
     # crash; restart from the record
     h.node = h.make_node(record=record)
     actions = h.node.start(T0 + 100)
@@ -335,12 +341,7 @@ def test_a_node_restarted_after_its_precommit_still_sends_the_prevote_before_it(
     """§8.1: peers that missed a node's prevote may need it for their quorum; after a restart
     nothing else could resend it (found by the SIGKILL suite as a cluster stuck in prevote)."""
     h = Harness()
-    h.node.start(T0)
-    block = h.block(h.proposer(1, 0))
-    bhash = hash_value(block["header"])
-    h.propose(0, block)
-    actions = h.votes("prevote", 0, bhash, h.others()[:2])
-    record = [a.record for a in actions if isinstance(a, PersistSigned)][-1]
+    bhash, record = locked_on_round_0(h)
     assert record["step"] == 3 and record["prevote"]["type"] == "prevote" and record["prevote"]["block_hash"] == bhash
     h.node = h.make_node(record=record)                       # crash; restart from the record
     actions = h.node.start(T0 + 100) + h.node.on_timer(("retransmit", 1, 0), T0 + 2_000)
