@@ -95,9 +95,9 @@ def check_tx_sized(tx, chain_id: str, max_tx_bytes: int, decoded: bool = False,
     bytes it came in as, which must be its canonical encoding (§1.1); they are compared with the
     encoding made here, so a gossiped tx is encoded once, not again to check its bytes. That one
     encoding of the signed part serves the size, the bytes, the signature and the id.
-    With `raw` the type walk is skipped too: `raw` was parsed without floats, and the envelope
-    and schema checks below test the type of every value (a bool or an out-of-range int fails
-    them), so the walk would only repeat them."""
+    With `raw` the type walk is skipped too: the envelope and schema checks below test the type
+    of every value (a float, a bool or an out-of-range int fails them), so the walk would only
+    repeat them."""
     if type(tx) is not dict or set(tx) != _ENVELOPE_KEYS or type(tx["sig"]) is not str:
         raise TxError("malformed", "envelope keys")
     try:

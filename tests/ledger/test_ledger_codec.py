@@ -1,7 +1,11 @@
 """LEDGER.md §1 (encoding, hashing, signatures) and §3.1 (transaction envelope)."""
-import pytest
+import json
 
-from gridhive.ledger.codec import CodecError, decode, digest, encode, hash_value, signing_bytes
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from gridhive.ledger.codec import MAX_INT, CodecError, decode, digest, encode, encode_unchecked, hash_value, signing_bytes
 from gridhive.ledger.crypto import SigningKey, verify
 from gridhive.ledger.tx import TX_DOMAIN, TxError, check_tx, make_tx, tx_id
 
@@ -12,6 +16,39 @@ def test_canonical_encoding_is_sorted_compact_ascii():
     assert encode({"b": 1, "a": [None, "é"]}) == b'{"a":[null,"\\u00e9"],"b":1}'
 
 
+_ledger_values = st.recursive(
+    st.none() | st.integers(-MAX_INT, MAX_INT) | st.integers(-2**80, 2**80) | st.text()
+    | st.text(alphabet=st.characters(max_codepoint=0x7f))
+    | st.text(alphabet=st.sampled_from("\x00\x1f\x7f\\\"/é\u2028\U0001f600a")),  # what escapes differ on
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=500)
+@given(_ledger_values)
+@example("\x7f")
+@example({"é": [2**64]})
+def test_fast_encoder_writes_exactly_the_spec_bytes(value):
+    """§1.1 defines the bytes by json.dumps; the codec writes them with orjson where that gives
+    the same bytes (ASCII output without DEL, ints within 64 bits) and with json otherwise."""
+    spec = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    assert encode_unchecked(value) == spec
+    if spec.count(b"[") + spec.count(b"{") <= 32 and all(
+            abs(v) <= MAX_INT for v in _ints(value)):
+        assert decode(spec, 1 << 20) == value
+
+
+def _ints(value):
+    if type(value) is int:
+        yield value
+    elif type(value) is list:
+        for item in value:
+            yield from _ints(item)
+    elif type(value) is dict:
+        for item in value.values():
+            yield from _ints(item)
+
+
 @pytest.mark.parametrize("value", [1.5, True, {1: 2}, b"x", 2**63, {"a": (1, 2)}])
 def test_encoding_refuses_floats_bools_and_foreign_types(value):
     with pytest.raises(CodecError):
@@ -19,7 +56,8 @@ def test_encoding_refuses_floats_bools_and_foreign_types(value):
 
 
 @pytest.mark.parametrize("data", [b'{"a": 1}', b'{"b":1,"a":2}', b'{"a":1,"a":2}', b'{"a":1.0}',
-                                  b'{"a":true}', b'{"a":"\\u0041"}', b'NaN', b'{"a":1e3}', b'\xff'])
+                                  b'{"a":true}', b'{"a":"\\u0041"}', b'NaN', b'{"a":1e3}', b'\xff',
+                                  b'"\\ud800"'])
 def test_decoder_accepts_only_the_one_canonical_form(data):
     with pytest.raises(CodecError) as exc:
         decode(data, 1000)

@@ -88,11 +88,11 @@ def _signed_as_is(key, tx):
 @pytest.mark.parametrize("field, value", [
     ("nonce", True), ("nonce", 2**63), ("type", True), ("sender", True), ("chain_id", True),
     ("chain_id", ["gridhive-test"]), ("body", [1]), ("body.amount_minor", True), ("body.amount_minor", 2**63),
-    ("body.to", True), ("body.to", None), ("body.to", {"k": 1}),
+    ("body.to", True), ("body.to", None), ("body.to", {"k": 1}), ("nonce", 0.0), ("body.amount_minor", 1.5),
 ])
 def test_a_gossiped_tx_with_a_wrongly_typed_value_is_refused(world, field, value):
     """Gossiped txs skip the codec's type walk (§9 'checked once'): the envelope and schema checks
-    must catch every value the walk would have, or a bool or an out-of-range int could enter."""
+    must catch every value the walk would have, or a float, a bool or an out-of-range int could enter."""
     from gridhive.ledger.codec import encode_unchecked
     from gridhive.ledger.messages import TX_MSG_PREFIX
     node = Node(world.genesis, None, world.rules, NodeConfig())
