@@ -78,6 +78,10 @@ class Harness:
     def _connected(self):
         self.connects += 1
 
+    async def connect(self):
+        self.link.start(asyncio.get_running_loop())
+        await self.until(lambda: self.link.connected, what="connect")
+
     async def until(self, predicate, timeout_s=10.0, what="condition"):
         deadline = time.monotonic() + timeout_s
         while not predicate():
@@ -91,8 +95,7 @@ def test_puback_only_after_ack_and_only_on_the_delivering_connection(mosquitto):
 
     async def main():
         h = Harness(mosquitto.port)
-        h.link.start(asyncio.get_running_loop())
-        await h.until(lambda: h.link.connected, what="connect")
+        await h.connect()
         await asyncio.sleep(0.1)  # SUBACK
         for i in range(5):
             node.publish("gh/n1/tele", b"m%d" % i)
@@ -134,8 +137,7 @@ def test_publishes_beyond_the_brokers_receive_maximum_wait_and_all_arrive_in_ord
 
     async def main():
         h = Harness(mosquitto.port, subscriptions=(("gh/+/tele", 1),))
-        h.link.start(asyncio.get_running_loop())
-        await h.until(lambda: h.link.connected, what="connect")
+        await h.connect()
         assert h.link._send_quota == 20  # Mosquitto's default, from its CONNACK
         for i in range(300):
             assert h.link.publish("gh/n1/ack", b"%d" % i)
@@ -156,8 +158,7 @@ def test_reading_pauses_until_resumed(mosquitto):
 
     async def main():
         h = Harness(mosquitto.port)
-        h.link.start(asyncio.get_running_loop())
-        await h.until(lambda: h.link.connected, what="connect")
+        await h.connect()
         await asyncio.sleep(0.1)
         h.link.pause_reading()  # the service's pending batch is full while one is being written
         for i in range(10):
@@ -179,8 +180,7 @@ def test_the_session_keeps_what_arrives_while_the_gateway_is_away(mosquitto):
 
     async def run_once(expect):
         h = Harness(mosquitto.port)
-        h.link.start(asyncio.get_running_loop())
-        await h.until(lambda: h.link.connected, what="connect")
+        await h.connect()
         await h.until(lambda: len(h.received) >= expect, what=f"{expect} messages")
         await asyncio.sleep(0.2)
         for m in h.received:
