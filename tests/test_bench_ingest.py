@@ -7,7 +7,8 @@ from gridhive.bench import ingest
 
 pytestmark = pytest.mark.broker
 
-KEYS = ("gateway_msgs_per_s", "raw_broker_msgs_per_s", "ratio", "latency_p50_ms", "latency_p99_ms", "load_avg_1m")
+KEYS = ("gateway_msgs_per_s", "raw_broker_msgs_per_s", "ratio", "latency_p50_ms", "latency_p99_ms", "load_avg_1m",
+        "raw_python_client_msgs_per_s", "ratio_to_python_client")
 
 
 def test_bench_ingest_tiny_run_stores_and_acks_every_message():
@@ -24,4 +25,7 @@ def test_bench_ingest_tiny_run_stores_and_acks_every_message():
     assert figures["gateway_rejected"] == 0
     assert figures["latency_samples"] == 200
     assert figures["gateway_msgs_per_s"] > 0 and figures["raw_broker_msgs_per_s"] > 0
+    assert figures["raw_python_client_msgs_per_s"] > 0  # it drained every message, or run() raises
+    ratio = figures["gateway_msgs_per_s"] / figures["raw_python_client_msgs_per_s"]  # of rounded rates
+    assert figures["ratio_to_python_client"] == pytest.approx(ratio, abs=0.002)
     assert 0 < figures["latency_p50_ms"] <= figures["latency_p99_ms"] < 10_000

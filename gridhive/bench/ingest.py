@@ -28,6 +28,10 @@ are not what limits either rate.
    (`-E`), the burst is queued, and the same session reconnects and prints one line per message
    (`-C <n>`) — the same kind of session as the gateway's (MQTT 5, persistent, QoS 1), acking each
    message on receipt. `raw_broker_msgs_per_s` = messages / (last line - start of mosquitto_sub).
+   Then the same with the gateway's own MQTT client (gateway.brokerlink, the `subscribe` command
+   below) in place of mosquitto_sub: PUBACK on receipt and a line per message, nothing else.
+   `raw_python_client_msgs_per_s` is the most one Python process receives before it does any of
+   the gateway's work; `ratio_to_python_client` = gateway / it.
 2. gateway: the gateway runs once (its retained births are stored, its session subscribed), is
    stopped with SIGTERM (its session stays in the broker), the burst is queued, and it starts again.
    `gateway_msgs_per_s` = messages / (its `gridhive_gateway_messages_accepted_total` on /metrics,
@@ -739,15 +743,30 @@ def _raw_phase(site: _Site, gens: _Generators, count: int) -> dict:
         raise RuntimeError("mosquitto_sub is not installed: `apt-get install mosquitto-clients` "
                            "(scripts/setup.sh --test installs it)")
     # The same session as the gateway's: MQTT 5, persistent (-c, expiry -x), QoS 1, acking on receipt.
+    # -F %t prints one line (the topic) per message; -C: exit after `count` messages.
     session = [sub_exe, "-h", "127.0.0.1", "-p", str(site.port), "-V", "mqttv5", "-q", "1", "-c", "-x", "3600",
                "-i", "bench-raw", "-t", "gh/+/tele"]
-    subprocess.run(session + ["-E"], check=True, timeout=30, stderr=subprocess.DEVNULL)  # subscribe, leave
+    return _drain_phase(site, gens, count, "mosquitto_sub", session + ["-E"], session + ["-F", "%t", "-C", str(count)])
+
+
+def _python_client_phase(site: _Site, gens: _Generators, count: int) -> dict:
+    """The same drain by the gateway's own MQTT client (`subscribe` below): what one Python process
+    spends only receiving and PUBACKing, before the gateway's work on a message begins."""
+    session = [sys.executable, "-m", "gridhive.bench.ingest", "subscribe", "--port", str(site.port),
+               "--client-id", "bench-python", "--topic", "gh/+/tele"]
+    return _drain_phase(site, gens, count, "the Python client", session + ["--leave"],
+                        session + ["--count", str(count)])
+
+
+def _drain_phase(site: _Site, gens: _Generators, count: int, name: str, leave: list[str], drain: list[str]) -> dict:
+    """A subscriber that prints a line per message: it subscribes and leaves, the burst is queued
+    in its session, and it reconnects and drains it; the rate from its output lines."""
+    subprocess.run(leave, check=True, timeout=30, stderr=subprocess.DEVNULL)
     publish_rate = _queue_burst(gens)
     broker_cpu0, t0 = _cpu_s(site.pid("broker")[0]), time.time()
-    samples = [(t0, 0, 0.0)]  # (time, lines so far, mosquitto_sub CPU-seconds)
-    # -F %t prints one line (the topic) per message; -C: exit after `count` messages.
+    samples = [(t0, 0, 0.0)]  # (time, lines so far, subscriber CPU-seconds)
     with open(site.dir / "sub.log", "wb") as errlog:
-        proc = subprocess.Popen(session + ["-F", "%t", "-C", str(count)], stdout=subprocess.PIPE, stderr=errlog)
+        proc = subprocess.Popen(drain, stdout=subprocess.PIPE, stderr=errlog)
 
     def read():
         lines = 0
@@ -761,7 +780,7 @@ def _raw_phase(site: _Site, gens: _Generators, count: int) -> dict:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        reader.join(max(60, count / 1000))  # EOF: mosquitto_sub has exited after its -C count
+        reader.join(max(60, count / 1000))  # EOF: the subscriber has exited after its count
         proc.wait(10)
     finally:
         if proc.poll() is None:
@@ -769,11 +788,43 @@ def _raw_phase(site: _Site, gens: _Generators, count: int) -> dict:
             proc.wait()
     got = samples[-1][1] if samples else 0
     if got != count:
-        raise RuntimeError(f"mosquitto_sub received {got} of {count} messages: {_tail(site.dir / 'sub.log')}")
+        raise RuntimeError(f"{name} received {got} of {count} messages: {_tail(site.dir / 'sub.log')}")
     rate, cpu_s, wall_s = _drain_rate(samples)
-    return {"raw_broker_msgs_per_s": rate, "publish_msgs_per_s": publish_rate,
-            "raw_mosquitto_sub_cpu_util": cpu_s / wall_s,
-            "raw_broker_cpu_util": (_cpu_s(site.pid("broker")[0]) - broker_cpu0) / (samples[-1][0] - t0)}
+    return {"msgs_per_s": rate, "publish_msgs_per_s": publish_rate, "cpu_util": cpu_s / wall_s,
+            "broker_cpu_util": (_cpu_s(site.pid("broker")[0]) - broker_cpu0) / (samples[-1][0] - t0)}
+
+
+def subscribe(port: int, client_id: str, topic: str, leave: bool, count: int) -> None:
+    """`_python_client_phase`'s subscriber: gateway.brokerlink's session (MQTT 5, persistent, QoS 1),
+    every message PUBACKed on receipt and a line printed for it, nothing else."""
+    import asyncio
+
+    from gridhive.gateway.brokerlink import BrokerLink
+
+    async def main() -> None:
+        done, got = asyncio.Event(), 0
+
+        def on_messages(batch) -> None:
+            nonlocal got
+            for m in batch:
+                link.ack(m)
+            sys.stdout.buffer.write(b"\n" * len(batch))
+            sys.stdout.buffer.flush()
+            got += len(batch)
+            if got >= count:
+                done.set()
+
+        def on_connect() -> None:
+            if leave:  # subscribed (the SUBSCRIBE went out with the CONNECT): leave the session
+                asyncio.get_running_loop().call_later(0.5, done.set)
+
+        link = BrokerLink(name="bench", host="127.0.0.1", port=port, client_id=client_id,
+                          subscriptions=((topic, 1),), on_messages=on_messages, on_connect=on_connect)
+        link.start(asyncio.get_running_loop())
+        await done.wait()
+        await asyncio.sleep(0.2)  # the last PUBACKs leave
+
+    asyncio.run(main())
 
 
 def _gateway_phase(site: _Site, gens: _Generators, count: int, cpu_groups: dict) -> dict:
@@ -822,8 +873,11 @@ def run(messages: int = 60_000, nodes: int = 200, publishers: int = 2, latency_r
         _say(f"{count} messages of ~{sum(r['bytes'] for r in prep) // count} bytes encoded for {nodes} nodes "
              f"by {publishers} generators in {max(r['encode_s'] for r in prep):.1f} s")
         raw = _raw_phase(site, gens, count)
-        _say(f"raw: mosquitto_sub drained {raw['raw_broker_msgs_per_s']:.0f}/s, "
+        _say(f"raw: mosquitto_sub drained {raw['msgs_per_s']:.0f}/s, "
              f"generators published {raw['publish_msgs_per_s']:.0f}/s")
+        py = _python_client_phase(site, gens, count)
+        _say(f"raw: the gateway's MQTT client alone drained {py['msgs_per_s']:.0f}/s "
+             f"at {py['cpu_util']:.2f} cores")
 
         site.start_gateway()
         time.sleep(1.0)  # the retained births arrive and are stored
@@ -859,11 +913,14 @@ def run(messages: int = 60_000, nodes: int = 200, publishers: int = 2, latency_r
         stats = site.gateway_stats()
         site.check_alive()
     gateway_rate = gw["gateway_msgs_per_s"]  # accepted: verified, stored (committed) and acked
-    raw_rate = raw["raw_broker_msgs_per_s"]
+    raw_rate = raw["msgs_per_s"]
     return {
         "gateway_msgs_per_s": round(gateway_rate),
         "raw_broker_msgs_per_s": round(raw_rate),
         "ratio": round(gateway_rate / raw_rate, 3),
+        "raw_python_client_msgs_per_s": round(py["msgs_per_s"]),
+        "raw_python_client_cpu_util": round(py["cpu_util"], 2),
+        "ratio_to_python_client": round(gateway_rate / py["msgs_per_s"], 3),
         "latency_p50_ms": _percentile(lat, 0.50) if lat else None,
         "latency_p99_ms": _percentile(lat, 0.99) if lat else None,
         "load_avg_1m": round(load_start, 2),
@@ -873,8 +930,8 @@ def run(messages: int = 60_000, nodes: int = 200, publishers: int = 2, latency_r
         "publishers": publishers,
         "publish_msgs_per_s": round(raw["publish_msgs_per_s"]),
         "publish_msgs_per_s_gateway_phase": round(gw["publish_msgs_per_s_gateway_phase"]),
-        "raw_broker_cpu_util": round(raw["raw_broker_cpu_util"], 2),
-        "raw_mosquitto_sub_cpu_util": round(raw["raw_mosquitto_sub_cpu_util"], 2),
+        "raw_broker_cpu_util": round(raw["broker_cpu_util"], 2),
+        "raw_mosquitto_sub_cpu_util": round(raw["cpu_util"], 2),
         "gateway_cpu_util": round(gw["gateway_cpu_util"], 2),
         "gateway_msgs_per_cpu_s": round(gateway_rate / max(1e-9, gw["gateway_cpu_util"])),
         "broker_cpu_util": round(cpu["broker"], 2),
@@ -992,7 +1049,16 @@ def main(argv: list[str] | None = None) -> int:
     p_soak.add_argument("--rate-hz", type=float, default=1.0)
     p_soak.add_argument("--duration-s", type=float, default=600)
     p_soak.add_argument("--publishers", type=int, default=2)
+    p_sub = sub.add_parser("subscribe", help="the bench's Python subscriber (a line per message on stdout)")
+    p_sub.add_argument("--port", type=int, required=True)
+    p_sub.add_argument("--client-id", required=True)
+    p_sub.add_argument("--topic", required=True)
+    p_sub.add_argument("--leave", action="store_true", help="subscribe and leave the session")
+    p_sub.add_argument("--count", type=int, default=0, help="exit after this many messages")
     args = parser.parse_args(argv)
+    if args.cmd == "subscribe":
+        subscribe(args.port, args.client_id, args.topic, args.leave, args.count)
+        return 0
     if args.cmd == "run":
         figures = run(args.messages, args.nodes, args.publishers, args.latency_rate, args.latency_s)
         print(json.dumps(figures, sort_keys=True))
