@@ -112,15 +112,22 @@ def test_fast_paths_agree_with_the_portable_path(extra, order, ensure_ascii, spa
 
 def test_the_orjson_path_takes_what_encode_writes():
     msg = {"v": 1, "t": "tele", "node": "n1", "boot": 7, "seq": 3, "ts_ms": 1_700_000_000_000, "synced": True,
-           "ch": [{"n": 0, "power_w": 5, "name": "a.b"}], "relays": [], "fw": "1.2.3"}
+           "ch": [{"n": 0, "power_w": -5, "name": "mains"}], "relays": [], "x": [None, True, "a\\\"b"]}
     payload = wire.encode(msg, SECRET)
     assert wire._verify_as_sent(payload, lambda node: SECRET) == (msg, wire.canonical(msg))
     assert wire._verify_as_sent(payload, lambda node: OTHER) is None
     assert wire._verify_as_sent(payload, lambda node: None) is None
+    # A string with what a float would show ("1.2.3", "e-") goes the full way, and is accepted there.
+    for text in ("1.2.3", "type-e", "e+"):
+        payload = wire.encode(dict(msg, fw=text), SECRET)
+        assert wire._verify_as_sent(payload, lambda node: SECRET) is None
+        assert outcome(payload)[0] == "accepted"
 
 
 
-FLOATS = ["NaN", "-Infinity", "1e400", "1.0", "-0.0", "1e5", "2.5E-3", "18446744073709551616", "-9223372036854775809"]
+# Every spelling, including orjson's own ("1e+20", "5e-324", "1e-7": what it writes back unchanged).
+FLOATS = ["NaN", "-Infinity", "1e400", "1.0", "-0.0", "1e5", "2.5E-3", "1e+20", "5e-324", "1e-7", "-1e+300",
+          "18446744073709551616", "-9223372036854775809"]
 
 
 @pytest.mark.parametrize("text", FLOATS[:5])
