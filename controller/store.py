@@ -6,7 +6,6 @@ stored" — which is what the acknowledgement promises.
 """
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass
@@ -148,9 +147,8 @@ class Store:
             (up.gw, up.gseq, up.ts_ms, received_ms, len(up.items) + len(up.rejected), len(up.rejected))).rowcount
         if claimed == 0:
             return BatchResult(up.gw, up.gseq, duplicate=True)
-        rows = [(m["node"], m["seq"], m["t"], m["boot"], m["ts_ms"], up.gw, up.gseq, received_ms,
-                 json.dumps(m, separators=(",", ":"), sort_keys=True))
-                for m in up.items if m["t"] in wire.ACKED_KINDS]  # status items have no seq: registry only
+        rows = [(m["node"], m["seq"], m["t"], m["boot"], m["ts_ms"], up.gw, up.gseq, received_ms, body)
+                for m, body in zip(up.items, up.bodies) if m["t"] in wire.ACKED_KINDS]  # status: registry only
         stored = self._executemany(
             f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) VALUES ({', '.join('?' * len(_MESSAGE_COLUMNS))})"
             " ON CONFLICT (node, seq) DO NOTHING", rows) if rows else 0

@@ -39,6 +39,7 @@ class Uplink:
     gseq: int
     ts_ms: int
     items: tuple                   # valid node messages, in the order the gateway sent them
+    bodies: tuple                  # the canonical JSON text of each of `items` (what the node signed)
     rejected: tuple = ()           # (index in `items` of the payload, reason) of refused items
 
 
@@ -105,14 +106,16 @@ def _check_envelope(obj, gw):
 
 
 def check_item(item):
-    """Raise UplinkError unless `item` is a node message as ghnode.wire.decode returns it."""
+    """The canonical text of `item`; raises UplinkError unless it is a node message as
+    ghnode.wire.decode returns it."""
     if not isinstance(item, dict):
         raise UplinkError("item_not_object")
     try:
         wire.check_schema(item)
-        size = len(wire.canonical(item))  # also refuses floats and non-printable strings
+        body = wire.canonical(item)  # also refuses floats and non-printable strings
     except wire.WireError as e:
         raise UplinkError("item_" + e.reason, str(e)) from None
+    size = len(body)
     if item["t"] not in ITEM_KINDS:
         raise UplinkError("item_bad_kind", repr(item["t"]))
     if not ID_RE.match(item["node"]):
@@ -122,6 +125,7 @@ def check_item(item):
     for name in _STORED_INTS:  # None is allowed where the schema allows it (rssi_dbm off Wi-Fi)
         if item.get(name) is not None and not _is_int(item[name], -MAX_INT):
             raise UplinkError("item_bad_field", f"{name} must be an integer in 64 bits")
+    return body.decode()
 
 
 def parse_uplink(gw, payload):
@@ -141,15 +145,15 @@ def parse_uplink(gw, payload):
         raise UplinkError("bad_items")
     if len(items) > MAX_ITEMS:
         raise UplinkError("too_many_items", f"{len(items)} > {MAX_ITEMS}")
-    good, rejected = [], []
+    good, bodies, rejected = [], [], []
     for index, item in enumerate(items):
         try:
-            check_item(item)
+            bodies.append(check_item(item))
         except UplinkError as e:
             rejected.append((index, e.reason))
         else:
             good.append(item)
-    return Uplink(gw, obj["gseq"], obj["ts_ms"], tuple(good), tuple(rejected))
+    return Uplink(gw, obj["gseq"], obj["ts_ms"], tuple(good), tuple(bodies), tuple(rejected))
 
 
 def parse_status(gw, payload):

@@ -1,5 +1,6 @@
 """The storage layer, run on SQLite and on a real PostgreSQL server (`db_url` gives both)."""
 import itertools
+import json
 import string
 
 import pytest
@@ -77,7 +78,8 @@ def test_status_items_and_nullable_health_fields(store):
 def test_a_group_is_one_transaction(store):
     good = uplink("gw-1", 1, [node_message("house-1", 1)])
     # Built past the parser (which would refuse it): a seq no 64-bit column can hold.
-    poison = Uplink("gw-1", 2, 0, (node_message("house-1", 2) | {"seq": 2 ** 70},))
+    bad = node_message("house-1", 2) | {"seq": 2 ** 70}
+    poison = Uplink("gw-1", 2, 0, (bad,), (json.dumps(bad, sort_keys=True, separators=(",", ":")),))
     with pytest.raises(Exception):
         store.commit_batches([good, poison], 0)
     assert store.batch_keys() == set() and store.message_counts() == {} and store.gateways() == []
