@@ -67,7 +67,7 @@ class Gateway:
         self.gateway_id = cfg.gateway_id
         self.fw = gateway_version()
         self.metrics = GatewayMetrics()
-        self.storage = Storage(cfg.db_path, cfg.storage.synchronous)
+        self.storage = Storage(cfg.db_path, cfg.storage.synchronous, outbox=cfg.uplink.enabled)
         i = cfg.ingest
         limits = Limits(max_future_ms=i.max_future_ms, max_power_w=i.max_power_w, line_voltage_v=i.line_voltage_v,
                         rating_factor=i.rating_factor, interval_ms=cfg.storage.interval_s * 1000)

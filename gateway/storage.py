@@ -96,10 +96,12 @@ def canonical_json(obj) -> str:
 
 
 class Storage:
-    def __init__(self, path: Path | str, synchronous: str = "FULL"):
+    def __init__(self, path: Path | str, synchronous: str = "FULL", outbox: bool = True):
+        """`outbox`: whether write() queues what it stores for the uplink. A gateway without an
+        uplink keeps none: nothing would ever take the copies out again."""
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.synchronous = str(path), synchronous
+        self.path, self.synchronous, self.outbox = str(path), synchronous, outbox
         self.db = self.connect()
         self.db.executescript(SCHEMA)
         self.db.executescript(METER_SCHEMA)
@@ -163,7 +165,8 @@ class Storage:
             if quarantined:
                 cur.executemany("INSERT OR IGNORE INTO quarantine VALUES (?,?,?,?,?)", quarantined)
             accepted = self._insert_new(cur, accepted)
-            cur.executemany("INSERT INTO outbox_item (body) VALUES (?)", [(v.body,) for v, _ in accepted])
+            if self.outbox:
+                cur.executemany("INSERT INTO outbox_item (body) VALUES (?)", [(v.body,) for v, _ in accepted])
             self._aggregate(cur, [v for v, _ in accepted if v.msg["t"] == "tele"])
             # The floor only rises: prune() may have raised it after this batch's rows were taken.
             cur.executemany(

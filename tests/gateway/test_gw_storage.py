@@ -54,6 +54,16 @@ def test_a_batch_is_stored_once_with_aggregates_intervals_and_outbox(tmp_path):
     assert households == {"h-n1": {T0_MS: (17 * 15, 0), T0_MS + MIN15: (17 * 15, 0)}}  # grid channel only
 
 
+def test_without_an_uplink_nothing_is_queued(tmp_path):
+    # A gateway with the uplink off: readings, aggregates and intervals as always, no outbox copies.
+    store = Storage(tmp_path / "g.sqlite3", outbox=False)
+    ingest = Ingest(registry(), Limits(interval_ms=MIN15), store.is_known, store.load_tracks())
+    n1 = NodeSim("n1")
+    stored, _ = feed(store, ingest, [n1.tele(T0_MS + i * 60_000, add_in_wh=(10, 0)) for i in range(5)])
+    assert stored == store.count("message") == 5 and store.count("outbox_item") == 0
+    assert sum(r["import_wh"] for r in store.interval_energy(T0_MS, T0_MS + DAY_MS, node="n1") if r["ch"] == 0) == 40
+
+
 def test_a_batch_committed_again_stores_only_what_is_new(tmp_path):
     # The ingest core never passes a stored message twice; the storage is idempotent on its own
     # anyway: the batch's bulk insert fails, and it is filtered against the table and itself.
