@@ -68,6 +68,9 @@ class Gateway:
         self.fw = gateway_version()
         self.metrics = GatewayMetrics()
         self.storage = Storage(cfg.db_path, cfg.storage.synchronous, outbox=cfg.uplink.enabled)
+        # Ingest and uplink batches are written by a thread of their own: the loop goes on
+        # receiving and verifying meanwhile.
+        self.writer = BatchWriter(self.storage)
         i = cfg.ingest
         limits = Limits(max_future_ms=i.max_future_ms, max_power_w=i.max_power_w, line_voltage_v=i.line_voltage_v,
                         rating_factor=i.rating_factor, interval_ms=cfg.storage.interval_s * 1000)
@@ -79,6 +82,7 @@ class Gateway:
                                       publish=self._publish_cmd, metrics=self.metrics,
                                       timeout_s=cfg.commands.timeout_s)
         self.uplink = Uplink(cfg=cfg.uplink, gateway_id=self.gateway_id, fw=self.fw, storage=self.storage,
+                             writer=self.writer,
                              metrics=self.metrics, nodes=self.node_status,
                              clock_ms=clock_ms) if cfg.uplink.enabled else None
         b = cfg.broker
@@ -108,9 +112,7 @@ class Gateway:
         self.http_port: int | None = None
         self._http_task: asyncio.Task | None = None
         self._pending: list[tuple[Verdict, int, Received]] = []
-        # Ingest batches are written by a thread of their own (the loop goes on receiving and
-        # verifying meanwhile); (batch, future, started) while one is being written.
-        self.writer = BatchWriter(self.storage)
+        # (batch, future, started) while an ingest batch is being written.
         self._writing: tuple[list[tuple[Verdict, int, Received]], futures.Future, float] | None = None
         self._acks_only: list[Received] = []  # MQTT messages that need no storage
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -217,9 +219,9 @@ class Gateway:
 
     async def _shutdown(self) -> None:
         self.flush()
-        self.writer.close()
         if self.uplink:
-            self.uplink.stop()
+            self.uplink.stop()  # before the writer closes: a stopped uplink cuts and deletes nothing more
+        self.writer.close()
         if self.ha:
             self.local.publish(self.ha.gateway_availability_topic, OFFLINE, retain=True)
         await self.local.close(2)  # after the broker has acknowledged what we sent (acks, statuses)

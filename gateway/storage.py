@@ -253,14 +253,16 @@ class Storage:
         batches = self.db.execute("SELECT count(*) FROM outbox_batch").fetchone()[0]
         return items, batches
 
-    def form_batches(self, gateway_id: str, max_items: int, now_ms: int, max_batches: int) -> list[tuple[int, bytes]]:
-        """Move up to max_batches x max_items outbox items, oldest first, into numbered batches.
+    def form_batches(self, gateway_id: str, max_items: int, now_ms: int, max_batches: int,
+                     db: sqlite3.Connection | None = None) -> list[tuple[int, bytes]]:
+        """Move up to max_batches x max_items outbox items, oldest first, into numbered batches
+        (on `db`, this connection by default).
 
         gseq comes from `meta` and is stored with the batch in the same transaction, so it never
         repeats, even when every batch has been acknowledged and deleted.
         """
         formed = []
-        with self._tx() as cur:
+        with _Transaction(db or self.db) as cur:
             row = cur.execute("SELECT value FROM meta WHERE key='last_gseq'").fetchone()
             gseq = row[0] if row else 0
             for _ in range(max_batches):
@@ -283,8 +285,8 @@ class Storage:
         return self.db.execute("SELECT gseq, payload FROM outbox_batch WHERE gseq > ? ORDER BY gseq LIMIT ?",
                                (after_gseq, limit)).fetchall()
 
-    def delete_batches(self, gseqs: Iterable[int]) -> int:
-        with self._tx() as cur:
+    def delete_batches(self, gseqs: Iterable[int], db: sqlite3.Connection | None = None) -> int:
+        with _Transaction(db or self.db) as cur:
             cur.executemany("DELETE FROM outbox_batch WHERE gseq = ?", [(g,) for g in gseqs])
             return cur.rowcount
 
@@ -422,9 +424,10 @@ class Storage:
 
 
 class BatchWriter:
-    """Writes ingest batches (Storage.write) on a connection of their own, in a thread of their own:
-    SQLite releases the GIL while it works and fsyncs, so the event loop receives and verifies the
-    next batch meanwhile. One batch at a time, in the order submitted."""
+    """Writes ingest batches (Storage.write) and the uplink's batches (form_batches, delete_batches)
+    on a connection of their own, in a thread of their own: SQLite releases the GIL while it works
+    and fsyncs, so the event loop receives and verifies the next messages meanwhile and never
+    waits for the disk. One write at a time, in the order submitted."""
 
     def __init__(self, storage: Storage):
         self.storage = storage
@@ -434,6 +437,14 @@ class BatchWriter:
     def submit(self, verdicts: list[tuple[Verdict, int]], nodes: list[tuple]) -> Future:
         """Future of write()'s count; its exception is write()'s (the transaction was rolled back)."""
         return self._thread.submit(self.storage.write, verdicts, nodes, self._db)
+
+    def form_batches(self, gateway_id: str, max_items: int, now_ms: int, max_batches: int) -> Future:
+        """Future of Storage.form_batches."""
+        return self._thread.submit(self.storage.form_batches, gateway_id, max_items, now_ms, max_batches, self._db)
+
+    def delete_batches(self, gseqs: list[int]) -> Future:
+        """Future of Storage.delete_batches."""
+        return self._thread.submit(self.storage.delete_batches, gseqs, self._db)
 
     def close(self) -> None:
         self._thread.submit(self._db.close).result()

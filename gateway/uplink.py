@@ -3,7 +3,11 @@
 Every stored node message is also written to the SQLite outbox in the same transaction. When the
 controller's broker is reachable, outbox items are cut into batches of at most `batch_items`,
 each numbered with the next `gseq` (persisted, never reused) and published on `ghc/<gw>/up`.
-A batch is deleted only when the controller's ack on `ghc/<gw>/ack` names its gseq.
+A batch is deleted only when the controller's ack on `ghc/<gw>/ack` names its gseq. Cutting and
+deleting are transactions on the gateway's writer thread (storage.BatchWriter), like the ingest
+batches: the event loop does not wait for their fsyncs. A batch is sent only once its cut is
+committed; a delete lost in a crash only sends an acknowledged batch again, which the controller
+drops by its gseq.
 
 At most `max_inflight_batches` are unacknowledged at once; one not acked within `retry_s` is
 sent again, and after every reconnect all stored batches are resent from the oldest. Delivery is
@@ -25,9 +29,11 @@ from typing import Callable
 
 from gridhive.mqtt_security import ConnectFailure, Options, tls_context
 
+from concurrent.futures import Future
+
 from .metrics import GatewayMetrics
 from .mqtt import Incoming, MqttLink
-from .storage import Storage, canonical_json
+from .storage import BatchWriter, Storage, canonical_json
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +101,14 @@ class InflightWindow:
 
 
 class Uplink:
-    def __init__(self, *, cfg, gateway_id: str, fw: str, storage: Storage, metrics: GatewayMetrics,
-                 nodes: Callable[[], list[dict]], clock_ms: Callable[[], int]):
+    def __init__(self, *, cfg, gateway_id: str, fw: str, storage: Storage, writer: BatchWriter,
+                 metrics: GatewayMetrics, nodes: Callable[[], list[dict]], clock_ms: Callable[[], int]):
         self.cfg, self.gateway_id, self.fw = cfg, gateway_id, fw
-        self.storage, self.metrics, self.nodes, self.clock_ms = storage, metrics, nodes, clock_ms
+        self.storage, self.writer = storage, writer  # reads on the loop's connection, writes on the writer's
+        self.metrics, self.nodes, self.clock_ms = metrics, nodes, clock_ms
         self.window = InflightWindow(cfg.max_inflight_batches, cfg.retry_s * 1000)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cutting = False  # a form_batches is on the writer thread
         # Checked by the config already; built here, once per process.
         tls = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file, cfg.tls_insecure) if cfg.tls else None
         self.link = MqttLink(
@@ -111,6 +120,7 @@ class Uplink:
             on_connect_failed=self._on_connect_failed, options=OPTIONS)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
         self.link.start(loop)
 
     def stop(self) -> None:
@@ -139,12 +149,35 @@ class Uplink:
         while self.window.room() > 0:
             batches = self.storage.batches(self.window.last_sent, self.window.room())
             if not batches:
-                batches = self.storage.form_batches(self.gateway_id, self.cfg.batch_items, now, self.window.room())
-            if not batches:
-                break
+                if not self._cutting:  # cut more on the writer thread; _cut() pumps again when committed
+                    self._cutting = True
+                    self._when_done(self.writer.form_batches(self.gateway_id, self.cfg.batch_items, now,
+                                                             self.window.room()), self._cut)
+                return
             for gseq, payload in batches:
                 if not self._send(gseq, payload, now):
                     return  # the link just went down; the next connect starts over
+
+    def _cut(self, future: Future) -> None:
+        self._cutting = False
+        if self._failed("cutting batches", future) is None and future.result():
+            self.pump()
+
+    def _deleted(self, future: Future) -> None:
+        if self._failed("deleting acknowledged batches", future) is None:
+            self.metrics.uplink_acked.inc(future.result())
+
+    def _when_done(self, future: Future, then: Callable[[Future], None]) -> None:
+        """Call `then(future)` on the event loop once the writer thread has done it."""
+        future.add_done_callback(lambda f: self._loop.call_soon_threadsafe(then, f))
+
+    @staticmethod
+    def _failed(what: str, future: Future) -> BaseException | None:
+        # Nothing is lost: uncut items stay in the outbox, an undeleted batch is sent again.
+        error = future.exception()
+        if error is not None:
+            log.error("uplink: %s failed: %s", what, error)
+        return error
 
     def _send(self, gseq: int, payload: bytes, now_ms: int) -> bool:
         if not self.link.publish(up_topic(self.gateway_id), payload, qos=1):
@@ -171,7 +204,7 @@ class Uplink:
                 log.warning("uplink: ignoring a message on %s: %s", m.topic, e)
         if not gseqs:
             return
-        self.metrics.uplink_acked.inc(self.storage.delete_batches(gseqs))
+        self._when_done(self.writer.delete_batches(gseqs), self._deleted)
         for sent_ms in self.window.acked(gseqs).values():
             self.metrics.uplink_ack_s.observe((now - sent_ms) / 1000)
         self.pump()
