@@ -228,26 +228,25 @@ def check_schema(msg):
     """Raise WireError unless `msg` has the common fields and its type's fields with the right types."""
     if not isinstance(msg, dict):
         raise WireError("not_object")
-    for name, kind in _COMMON:
-        _check_field(msg, name, kind)
+    _check_fields(msg, _COMMON)
     if msg["v"] != VERSION:
         raise WireError("bad_version", "got %r, this build speaks %d" % (msg["v"], VERSION))
     fields = _SCHEMA.get(msg["t"])
     if fields is None:
         raise WireError("bad_kind", repr(msg["t"]))
-    for name, kind in fields:
-        _check_field(msg, name, kind)
+    _check_fields(msg, fields)
     if ("seq", int) in fields and msg["seq"] < 0:
         raise WireError("bad_field", "seq must be >= 0")
 
 
-def _check_field(msg, name, kind):
-    if name not in msg:
-        raise WireError("missing_field", name)
-    value = msg[name]
-    # bool is a subclass of int: an int field must not accept true/false.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise WireError("bad_field", "%s must be %s" % (name, kind.__name__))
+def _check_fields(msg, fields):
+    # A parsed message holds exact types, so the type itself is compared: true/false (bool is a
+    # subclass of int) and the parser's stand-in for a float fail an int field, as they must.
+    for name, kind in fields:
+        if type(msg.get(name)) is not kind:
+            if name not in msg:
+                raise WireError("missing_field", name)
+            raise WireError("bad_field", "%s must be %s" % (name, kind.__name__))
 
 
 def decode(payload, secret_for):
