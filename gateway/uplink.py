@@ -25,11 +25,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from concurrent.futures import Future
 from typing import Callable
 
 from gridhive.mqtt_security import ConnectFailure, Options, tls_context
-
-from concurrent.futures import Future
 
 from .metrics import GatewayMetrics
 from .mqtt import Incoming, MqttLink
