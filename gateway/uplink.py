@@ -36,6 +36,10 @@ from .storage import BatchWriter, Storage, canonical_json
 
 log = logging.getLogger(__name__)
 
+# Batches cut at once, in windows: the writer thread also stores the ingest batches, so a window
+# freed by acks is refilled from batches already cut instead of waiting for its next turn.
+CUT_AHEAD = 4
+
 # What a connection failure message tells the operator to check: the gateway.toml keys.
 OPTIONS = Options(ca_file="uplink.ca_file", insecure="uplink.tls_insecure = true",
                   credentials="uplink.user / uplink.password", client_cert="uplink.cert_file / uplink.key_file")
@@ -151,7 +155,7 @@ class Uplink:
                 if not self._cutting:  # cut more on the writer thread; _cut() pumps again when committed
                     self._cutting = True
                     self._when_done(self.writer.form_batches(self.gateway_id, self.cfg.batch_items, now,
-                                                             self.window.room()), self._cut)
+                                                             self.window.size * CUT_AHEAD), self._cut)
                 return
             for gseq, payload in batches:
                 if not self._send(gseq, payload, now):
