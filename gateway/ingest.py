@@ -225,9 +225,9 @@ class Ingest:
                 return "power_out_of_range", f"ch[{n}] has a negative va or irms_ma"
             if in_wh is None:
                 continue
-            mark = marks.get(n)
+            mark, new_mark = marks.get(n), ChannelMark(seq, boot, time_ms, in_wh, out_wh)
             if mark is None:
-                verdict.marks[n] = ChannelMark(seq, boot, time_ms, in_wh, out_wh)  # the baseline, no energy yet
+                verdict.marks[n] = new_mark  # first reading: the baseline, no energy yet
             elif seq < mark.seq:
                 continue  # a late reading from before the baseline: its energy is in the next delta
             elif in_wh < mark.in_wh or out_wh < mark.out_wh:
@@ -235,10 +235,10 @@ class Ingest:
                     return "counter_decreased", (f"ch[{n}] in {mark.in_wh}->{in_wh} Wh, "
                                                  f"out {mark.out_wh}->{out_wh} Wh within boot {boot}")
                 # A new boot with lower counters: the node lost its state file. Start a new baseline.
-                verdict.marks[n] = ChannelMark(seq, boot, time_ms, in_wh, out_wh)
+                verdict.marks[n] = new_mark
                 verdict.counter_resets += 1
             else:
-                verdict.marks[n] = ChannelMark(seq, boot, time_ms, in_wh, out_wh)
+                verdict.marks[n] = new_mark
                 for start, imp, exp in split_energies(mark.time_ms, time_ms, in_wh - mark.in_wh,
                                                       out_wh - mark.out_wh, self.limits.interval_ms):
                     verdict.energy.append(IntervalEnergy(node, n, start, imp, exp))
