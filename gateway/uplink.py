@@ -112,6 +112,7 @@ class Uplink:
         self.window = InflightWindow(cfg.max_inflight_batches, cfg.retry_s * 1000)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cutting = False  # a form_batches is on the writer thread
+        self._failing: set[str] = set()  # outbox writes failing now: logged once, until they work again
         # Checked by the config already; built here, once per process.
         tls = tls_context(cfg.ca_file, cfg.cert_file, cfg.key_file, cfg.tls_insecure) if cfg.tls else None
         self.link = MqttLink(
@@ -163,24 +164,29 @@ class Uplink:
 
     def _cut(self, future: Future) -> None:
         self._cutting = False
-        if self._failed("cutting batches", future) is None and future.result():
+        if self._worked("cutting batches", future) and future.result():
             self.pump()
 
     def _deleted(self, future: Future) -> None:
-        if self._failed("deleting acknowledged batches", future) is None:
+        if self._worked("deleting acknowledged batches", future):
             self.metrics.uplink_acked.inc(future.result())
 
     def _when_done(self, future: Future, then: Callable[[Future], None]) -> None:
         """Call `then(future)` on the event loop once the writer thread has done it."""
         future.add_done_callback(lambda f: self._loop.call_soon_threadsafe(then, f))
 
-    @staticmethod
-    def _failed(what: str, future: Future) -> BaseException | None:
-        # Nothing is lost: uncut items stay in the outbox, an undeleted batch is sent again.
+    def _worked(self, what: str, future: Future) -> bool:
+        """Whether an outbox write succeeded; a failure is logged when it starts and when it ends.
+        Nothing is lost meanwhile: uncut items stay in the outbox (the next pump tries again), an
+        undeleted batch is sent again."""
         error = future.exception()
-        if error is not None:
-            log.error("uplink: %s failed: %s", what, error)
-        return error
+        if error is not None and what not in self._failing:
+            self._failing.add(what)
+            log.error("uplink: %s failed: %s (retrying; the outbox keeps everything)", what, error)
+        elif error is None and what in self._failing:
+            self._failing.discard(what)
+            log.warning("uplink: %s works again", what)
+        return error is None
 
     def _send(self, gseq: int, payload: bytes, now_ms: int) -> bool:
         if not self.link.publish(up_topic(self.gateway_id), payload, qos=1):

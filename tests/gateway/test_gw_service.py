@@ -1,5 +1,6 @@
 """The gateway service in-process on a real Mosquitto: acks, relay commands over HTTP, metrics, uplink."""
 import json
+import sqlite3
 import time
 import urllib.request
 
@@ -152,6 +153,44 @@ def test_uplink_stores_and_forwards_through_a_controller_outage(tmp_path, mosqui
         late.subscribe("ghc/gw1/status")
         assert json.loads(wait(lambda: late.messages(), 5, "retained status")[-1][1])["online"] is False
     finally:
+        gwt.stop()
+        ctl_broker.stop()
+
+
+def test_a_failing_outbox_write_loses_nothing(tmp_path, mosquitto, caplog):
+    """The disk refuses the uplink's cuts for a while (a trigger aborts every new batch): the
+    gateway says so once, keeps storing and acking, and when the disk takes them again every
+    stored message reaches the controller once, in gseqs without a gap."""
+    ctl_port = free_port()
+    ctl_broker = MosquittoBroker(tmp_path / "ctl", port=ctl_port)
+    ctl_broker.start()
+    ctl = FakeController(ctl_port)
+    gwt = GatewayThread(write_config(tmp_path / "g.toml", broker_port=mosquitto.port, uplink_port=ctl_port)).start()
+    db = sqlite3.connect(gwt.gw.cfg.db_path)
+    try:
+        db.execute("CREATE TRIGGER refuse_cuts BEFORE INSERT ON outbox_batch BEGIN "
+                   "SELECT RAISE(ABORT, 'disk trouble'); END")
+        db.commit()
+        nodes = [NodeSim("n1"), NodeSim("n2")]
+        c = Client(mosquitto.port, client_id="nodes")
+        for n in nodes:
+            c.subscribe(wire.topic(n.node, "ack"))
+        for i in range(60):
+            for n in nodes:
+                c.publish(*n.tele(now_ms() + i)[:2])
+            time.sleep(0.01)  # several commits, each followed by a cut that fails
+        wait(lambda: all(acked_seqs(c, n.node) == set(range(1, 61)) for n in nodes), 15, "every seq acked")
+        assert gwt.call(gwt.gw.storage.outbox_depth) == (120, 0) and ctl.items() == {}
+        failures = [r for r in caplog.records if "cutting batches failed" in r.getMessage()]
+        assert len(failures) == 1 and "disk trouble" in failures[0].getMessage()
+        db.execute("DROP TRIGGER refuse_cuts")
+        db.commit()
+        wait(lambda: len(ctl.items()) == 120 and gwt.call(gwt.gw.storage.outbox_depth) == (0, 0), 20,
+             "the outbox to drain")
+        assert sorted(b["gseq"] for b in ctl.batches) == list(range(1, len(ctl.batches) + 1))
+        assert any("cutting batches works again" in r.getMessage() for r in caplog.records)
+    finally:
+        db.close()
         gwt.stop()
         ctl_broker.stop()
 
