@@ -88,7 +88,7 @@ def _load(payload, max_bytes):
     if len(payload) > max_bytes:
         raise UplinkError("too_large", f"{len(payload)} bytes")
     try:
-        obj = json.loads(payload)
+        obj = wire.parse(payload)  # floats come out as values every integer check refuses
     except (ValueError, UnicodeError):
         raise UplinkError("not_json") from None
     if not isinstance(obj, dict):
@@ -112,7 +112,7 @@ def check_item(item):
         raise UplinkError("item_not_object")
     try:
         wire.check_schema(item)
-        body = wire.canonical(item)  # also refuses floats and non-printable strings
+        body = wire.canonical_parsed(item)  # also refuses floats and non-printable strings
     except wire.WireError as e:
         raise UplinkError("item_" + e.reason, str(e)) from None
     size = len(body)

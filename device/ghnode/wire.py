@@ -26,6 +26,9 @@ class _NotInt:
     def __init__(self, text):
         self.text = text
 
+    def __repr__(self):
+        return self.text
+
 
 def _refuse(value):
     raise WireError("bad_type", "float values are not allowed (use integer units)")
@@ -37,7 +40,7 @@ try:  # CPython with orjson (the gateway): a payload laid out as encode() writes
 except ImportError:  # MicroPython, or CPython without orjson
     _orjson = None
 
-try:  # CPython: the C json codec parses and re-serialises a received message (see _canonical_parsed)
+try:  # CPython: the C json codec parses and re-serialises a received message (see canonical_parsed)
     _DECODER = json.JSONDecoder(parse_float=_NotInt, parse_constant=_NotInt)
     _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), check_circular=False, default=_refuse)
 except AttributeError:  # MicroPython's json has loads() and dumps() only
@@ -155,8 +158,17 @@ def canonical(obj):
     return "".join(out).encode()
 
 
-def _canonical_parsed(obj):
-    """canonical() of an object json parsing produced (string keys, no floats: _NotInt instead)."""
+def parse(payload):
+    """The value of a JSON text (bytes or str), floats, NaN and Infinity as values the canonical
+    form refuses; ValueError (or UnicodeError) for anything that is not JSON."""
+    if _DECODER is None:
+        return json.loads(payload)
+    return _DECODER.decode(payload if isinstance(payload, str) else payload.decode())
+
+
+def canonical_parsed(obj):
+    """canonical() of a value parse() returned, for half its cost on CPython: such a value has
+    only string keys and no floats, so the C encoder's text needs no reading back."""
     if _ENCODER is None:
         return canonical(obj)
     text = _c_text(obj)
@@ -267,10 +279,7 @@ def verify(payload, secret_for):
         if verified is not None:
             return verified
     try:
-        if _DECODER is None:
-            msg = json.loads(payload)
-        else:
-            msg = _DECODER.decode(payload if isinstance(payload, str) else payload.decode())
+        msg = parse(payload)
     except (ValueError, UnicodeError):
         raise WireError("not_json")
     if not isinstance(msg, dict):
@@ -286,7 +295,7 @@ def verify(payload, secret_for):
         expected = unhexlify(tag)
     except ValueError:
         raise WireError("bad_mac", "not hex")
-    body = _canonical_parsed(msg)
+    body = canonical_parsed(msg)
     if not _same(hmac_sha256(secret, body), expected):
         raise WireError("bad_mac")
     return msg, body
