@@ -125,6 +125,10 @@ def check_item(item):
     for name in _STORED_INTS:  # None is allowed where the schema allows it (rssi_dbm off Wi-Fi)
         if item.get(name) is not None and not _is_int(item[name], -MAX_INT):
             raise UplinkError("item_bad_field", f"{name} must be an integer in 64 bits")
+    # The registry stores a health message's `error` in a TEXT column (the schema leaves it out:
+    # it is optional). Anything else there would fail the batch's transaction on every resend.
+    if item["t"] == "health" and item.get("error") is not None and not isinstance(item["error"], str):
+        raise UplinkError("item_bad_field", "error must be a string or null")
     return body.decode()
 
 

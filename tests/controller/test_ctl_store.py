@@ -75,6 +75,14 @@ def test_status_items_and_nullable_health_fields(store):
     assert node["online"] is True and node["rssi_dbm"] is None and node["last_seq"] == 5
 
 
+def test_a_health_error_the_registry_could_not_store_is_refused_by_the_parser(store):
+    # Found by the property test below: an int beyond 64 bits in `error` failed every resend.
+    items = [node_message("house-1", 1, "health", error=2 ** 70), node_message("house-1", 2, "health", error="cfg")]
+    up = uplink("gw-1", 1, items)
+    assert up.rejected == ((0, "item_bad_field"),)
+    assert store.commit_batches([up], 0)[0].stored == 1 and store.nodes()[0]["error"] == "cfg"
+
+
 def test_a_group_is_one_transaction(store):
     good = uplink("gw-1", 1, [node_message("house-1", 1)])
     # Built past the parser (which would refuse it): a seq no 64-bit column can hold.

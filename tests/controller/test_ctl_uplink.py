@@ -56,6 +56,8 @@ def _bad_items():
         ("item_bad_string", good | {"note": "caf\u00e9"}),
         ("item_too_large", good | {"pad": "x" * 5000}),
         ("item_bad_field", good | {"seq": 2 ** 70}),
+        ("item_bad_field", node_message("house-1", 1, "health", error=2 ** 70)),  # the registry stores it
+        ("item_bad_field", node_message("house-1", 1, "health", error=["x"])),
         ("item_bad_version", good | {"v": 9}),
     ]
 
