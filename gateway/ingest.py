@@ -204,7 +204,7 @@ class Ingest:
         if vrms is not None and (not _is_int(vrms) or vrms < 0):
             return "bad_schema", f"vrms_mv must be an integer >= 0, got {vrms!r}"
         seq, boot, time_ms = msg["seq"], msg["boot"], verdict.time_ms
-        marks, limits_w = track.channels, self._limits_w
+        marks = track.channels
         for ch in channels:
             n, get = ch["n"], ch.get
             irms, va, in_wh, out_wh = get("irms_ma"), get("va"), get("energy_in_wh"), get("energy_out_wh")
@@ -216,11 +216,10 @@ class Ingest:
                 return "bad_schema", f"ch[{n}] has only one of energy_in_wh / energy_out_wh"
             if in_wh is not None and (in_wh < 0 or out_wh < 0):
                 return "negative_energy", f"ch[{n}] energy_in_wh={in_wh} energy_out_wh={out_wh}"
-            limit_w = limits_w.get((node, n)) or self._limit_w(node, n)
-            power_w = ch["power_w"]
-            if abs(power_w) > limit_w or (va is not None and abs(va) > limit_w):
-                name, value = ("power_w", power_w) if abs(power_w) > limit_w else ("va", va)
-                return "power_out_of_range", f"ch[{n}].{name}={value} exceeds {limit_w:.0f} W"
+            limit_w = self._limit_w(node, n)
+            for name, value in (("power_w", ch["power_w"]), ("va", va)):
+                if value is not None and abs(value) > limit_w:
+                    return "power_out_of_range", f"ch[{n}].{name}={value} exceeds {limit_w:.0f} W"
             if (va or 0) < 0 or (irms or 0) < 0:
                 return "power_out_of_range", f"ch[{n}] has a negative va or irms_ma"
             if in_wh is None:

@@ -182,9 +182,13 @@ def _c_text(obj):
     string is not printable ASCII. Any such character comes out as a backslash escape other than
     \\" and \\\\, which C string methods find."""
     text = _ENCODER.encode(obj)
-    if "\\" in text and "\\" in text.replace("\\\\", "").replace('\\"', ""):
-        return None
-    return text
+    return None if _other_escape(text) else text
+
+
+def _other_escape(text):
+    """Whether `text` holds a backslash escape other than \\" and \\\\ (a character that is
+    not printable ASCII, in a text a JSON encoder wrote)."""
+    return "\\" in text and "\\" in text.replace("\\\\", "").replace('\\"', "")
 
 
 # --- HMAC-SHA256 (RFC 2104); MicroPython has hashlib.sha256 but no hmac module ---------------
@@ -193,7 +197,24 @@ _BLOCK = 64
 _compare_digest = getattr(_hmac, "compare_digest", None)
 
 
+_KEYED = {}  # secret -> its _pads(), where hash states can be copied (CPython)
+_KEYED_MAX = 65536  # a registry's worth of nodes; more distinct secrets only start it over
+_COPYABLE = hasattr(hashlib.sha256(), "copy")  # MicroPython's hash objects cannot be copied
+
+
 def hmac_sha256(key, data):
+    if _COPYABLE:
+        # Each key's padded blocks hashed once: 0.9 us for a 600-byte message where hmac, which
+        # sets the key up every time, takes 2.2 (a gateway verifies every message it receives).
+        pads = _KEYED.get(bytes(key))
+        if pads is None:
+            if len(_KEYED) >= _KEYED_MAX:
+                _KEYED.clear()
+            pads = _KEYED[bytes(key)] = _pads(key)
+        inner, outer = pads[0].copy(), pads[1].copy()
+        inner.update(data)
+        outer.update(inner.digest())
+        return outer.digest()
     if _hmac is not None:
         return _hmac.new(key, data, hashlib.sha256).digest()
     return _hmac_sha256(key, data)
@@ -326,8 +347,8 @@ def _verify_as_sent(payload, secret_for):
             return None
     except (ValueError, TypeError):  # orjson.JSONDecodeError / JSONEncodeError
         return None
-    if b"\\" in body and b"\\" in body.replace(b"\\\\", b"").replace(b'\\"', b""):
-        return None  # an escape other than \" and \\: a character that is not printable
+    if _other_escape(body.decode()):
+        return None
     try:
         check_schema(msg)
     except WireError:
@@ -339,24 +360,6 @@ def _verify_as_sent(payload, secret_for):
         expected = unhexlify(payload[-66:-2])
     except ValueError:
         return None
-    if not _same(_hmac_sha256_keyed(secret, body), expected):
+    if not _same(hmac_sha256(secret, body), expected):
         return None
     return msg, body
-
-
-_KEYED = {}  # secret -> its _pads(), for the CPython fast path (hashlib states can be copied there)
-_KEYED_MAX = 65536  # a registry's worth of nodes; more distinct secrets only start it over
-
-
-def _hmac_sha256_keyed(key, data):
-    """hmac_sha256 with each key's padded blocks hashed once: 0.9 us for a 600-byte message where
-    hmac.digest, which sets the key up every time, takes 2.2."""
-    pads = _KEYED.get(key)
-    if pads is None:
-        if len(_KEYED) >= _KEYED_MAX:
-            _KEYED.clear()
-        pads = _KEYED[key] = _pads(key)
-    inner, outer = pads[0].copy(), pads[1].copy()
-    inner.update(data)
-    outer.update(inner.digest())
-    return outer.digest()
