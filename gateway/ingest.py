@@ -27,7 +27,7 @@ from typing import Callable, NamedTuple
 
 from ghnode import wire
 
-from .config import Registry
+from .config import GatewayConfig, Registry
 from .energy import split_energies
 
 ACCEPTED = "accepted"
@@ -46,12 +46,27 @@ class Limits:
     rating_factor: float = 1.5
     interval_ms: int = 900_000
 
+    @classmethod
+    def of(cls, cfg: GatewayConfig) -> "Limits":
+        i = cfg.ingest
+        return cls(max_future_ms=i.max_future_ms, max_power_w=i.max_power_w, line_voltage_v=i.line_voltage_v,
+                   rating_factor=i.rating_factor, interval_ms=cfg.storage.interval_s * 1000)
+
     def power_limit_w(self, rating_a: float | None) -> float:
         """The largest |power| a circuit can show: its clamp's rating with headroom at line
         voltage (covers three-phase), and never more than the site limit."""
         if rating_a is None:
             return self.max_power_w
         return min(self.max_power_w, self.rating_factor * rating_a * self.line_voltage_v)
+
+
+ACKS_PER_MESSAGE = 200  # keeps an ack payload well under the node's 4096-byte limit
+
+
+def ack_payloads(node: str, boot: int, seqs: list[int], secret: bytes) -> list[bytes]:
+    """The signed acks that name `seqs` to `node` in its boot `boot`, ACKS_PER_MESSAGE at most each."""
+    return [wire.encode({"v": wire.VERSION, "t": "ack", "node": node, "boot": boot,
+                         "acks": seqs[i:i + ACKS_PER_MESSAGE]}, secret) for i in range(0, len(seqs), ACKS_PER_MESSAGE)]
 
 
 class ChannelMark(NamedTuple):

@@ -35,7 +35,7 @@ from .commands import CommandError, CommandResult, RelayCommands
 from .config import GatewayConfig
 from .homeassistant import OFFLINE, ON, OFF, ONLINE, HomeAssistant
 from .http import build_app
-from .ingest import ACCEPTED, DUPLICATE, REJECTED, STATUS, Ingest, Limits, RejectLog, Verdict
+from .ingest import ACCEPTED, DUPLICATE, REJECTED, STATUS, Ingest, Limits, RejectLog, Verdict, ack_payloads
 from .metrics import GatewayMetrics
 from .brokerlink import BrokerLink, Received
 from .panel import StatusPanel, panel_state
@@ -45,7 +45,6 @@ from .uplink import Uplink
 
 log = logging.getLogger("gridhive.gateway")
 
-ACKS_PER_MESSAGE = 200  # keeps an ack payload well under the node's 4096-byte limit
 HA_STATE_MIN_INTERVAL_MS = 1000  # Home Assistant needs no more than 1 Hz per node
 GC_THRESHOLD = 20_000  # allocations between young-generation collections (CPython's default: 700)
 
@@ -71,11 +70,8 @@ class Gateway:
         # Ingest and uplink batches are written by a thread of their own: the loop goes on
         # receiving and verifying meanwhile.
         self.writer = BatchWriter(self.storage)
-        i = cfg.ingest
-        limits = Limits(max_future_ms=i.max_future_ms, max_power_w=i.max_power_w, line_voltage_v=i.line_voltage_v,
-                        rating_factor=i.rating_factor, interval_ms=cfg.storage.interval_s * 1000)
-        self.ingest = Ingest(cfg.registry, limits, self.storage.is_known, self.storage.load_tracks())
-        self.reject_log = RejectLog(i.reject_log_interval_s * 1000)
+        self.ingest = Ingest(cfg.registry, Limits.of(cfg), self.storage.is_known, self.storage.load_tracks())
+        self.reject_log = RejectLog(cfg.ingest.reject_log_interval_s * 1000)
         self.ha = HomeAssistant(self.gateway_id, self.fw, cfg.homeassistant.discovery_prefix,
                                 cfg.homeassistant.state_prefix) if cfg.homeassistant.enabled else None
         self.commands = RelayCommands(registry=cfg.registry, tracks=self.ingest.tracks, storage=self.storage,
@@ -402,10 +398,8 @@ class Gateway:
         track, entry = self.ingest.tracks.get(node), self.cfg.registry.get(node)
         if track is None or track.boot is None or entry is None:
             return
-        for i in range(0, len(seqs), ACKS_PER_MESSAGE):
-            msg = {"v": wire.VERSION, "t": "ack", "node": node, "boot": track.boot,
-                   "acks": seqs[i:i + ACKS_PER_MESSAGE]}
-            if self.local.publish(wire.topic(node, "ack"), wire.encode(msg, entry.secret)):
+        for payload in ack_payloads(node, track.boot, seqs, entry.secret):
+            if self.local.publish(wire.topic(node, "ack"), payload):
                 self.metrics.acks_sent.inc()
 
     def _publish_cmd(self, node: str, payload: bytes) -> bool:
@@ -489,12 +483,16 @@ class _QuietServer(uvicorn.Server):
         return contextlib.nullcontext()
 
 
-def run_gateway(cfg: GatewayConfig) -> int:
-    gateway = Gateway(cfg)
-    # Every message makes a few dozen short-lived dicts and lists. With the default thresholds the
-    # cyclic GC ran every 700 of them and rescanned the long-lived heap (modules, uvicorn, the
-    # registry) again and again: ~12 % of the CPU at thousands of messages a second, measured.
-    # Long-lived objects made so far are frozen out of its scans; young ones are scanned less often.
+def tune_gc() -> None:
+    """Every message makes a few dozen short-lived dicts and lists. With the default thresholds the
+    cyclic GC ran every 700 of them and rescanned the long-lived heap (modules, uvicorn, the
+    registry) again and again: ~12 % of the CPU at thousands of messages a second, measured.
+    Long-lived objects made so far are frozen out of its scans; young ones are scanned less often."""
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 10, 10)
+
+
+def run_gateway(cfg: GatewayConfig) -> int:
+    gateway = Gateway(cfg)
+    tune_gc()
     return asyncio.run(gateway.run())

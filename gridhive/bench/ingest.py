@@ -108,7 +108,7 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _secret(node: str) -> bytes:
+def node_secret(node: str) -> bytes:
     return hashlib.sha256(b"gridhive bench node " + node.encode()).digest()
 
 
@@ -227,11 +227,12 @@ class _Conn:
 
 # --- load generator process ------------------------------------------------------------------------
 
-class _Node:
+class SimNode:
+    """One simulated node's state: its secret, topics, boot id, sequence and energy counters."""
     __slots__ = ("id", "secret", "topic", "ack_topic", "boot", "seq", "in0", "in1", "acked")
 
     def __init__(self, node_id: str, rng: random.Random):
-        self.id, self.secret = node_id, _secret(node_id)
+        self.id, self.secret = node_id, node_secret(node_id)
         self.topic = wire.topic(node_id, "tele").encode()
         self.ack_topic = wire.topic(node_id, "ack").encode()
         self.boot = rng.getrandbits(31) + 1
@@ -240,12 +241,55 @@ class _Node:
         self.acked: set[int] = set()
 
 
+def tele_message(node: SimNode, ts_ms: int) -> bytes:
+    """The node's next signed `tele` message: 2 channels with rising energy counters, 1 relay."""
+    node.seq += 1
+    s = node.seq
+    node.in0 += 1 + (s % 3 == 0)
+    node.in1 += s & 1
+    p0, p1 = 300 + (s * 37) % 4000, (s & 1) * 3700
+    msg = {"v": 1, "t": "tele", "node": node.id, "boot": node.boot, "seq": s, "ts_ms": ts_ms, "synced": True,
+           "vrms_mv": 229_500 + s % 1000, "freq_mhz": 49_980 + s % 40,
+           "ch": [{"n": 0, "name": "mains", "irms_ma": p0 * 1000 // 230, "power_w": p0, "va": p0 + 25,
+                   "pf_milli": 975, "dir": "import", "energy_in_wh": node.in0, "energy_out_wh": 0,
+                   "open": False, "clip": False},
+                  {"n": 1, "name": "ev", "irms_ma": p1 * 1000 // 230, "power_w": p1, "va": p1,
+                   "pf_milli": 1000 if p1 else None, "dir": "import", "energy_in_wh": node.in1,
+                   "energy_out_wh": 0, "open": False, "clip": False}],
+           "relays": [{"n": 0, "name": "ev", "on": bool(p1), "trip": None, "override": False,
+                       "cause": "remote"}]}
+    return wire.encode(msg, node.secret)
+
+
+def write_gateway_config(workdir: Path, node_ids: list[str], broker_port: int, http_port: int,
+                         uplink_port: int) -> Path:
+    """gateway.toml and its node registry (2 CT channels and 1 relay per node) in workdir; every
+    setting not named here at its default, the uplink plain MQTT on loopback."""
+    reg = []
+    for node in node_ids:
+        reg += [f"[nodes.{node}]", f'secret_hex = "{node_secret(node).hex()}"', f'household = "h-{node}"',
+                f"[[nodes.{node}.channels]]", "n = 0", 'name = "mains"', "rating_a = 63", "grid = true",
+                f"[[nodes.{node}.channels]]", "n = 1", 'name = "ev"', "rating_a = 32",
+                f"[[nodes.{node}.relays]]", "n = 0", 'name = "ev"']
+    registry = workdir / "nodes.toml"
+    registry.write_text("\n".join(reg) + "\n")
+    config = workdir / "gateway.toml"
+    config.write_text("\n".join([
+        "[gateway]", f'id = "{GATEWAY_ID}"', f'data_dir = "{workdir / "gw"}"',
+        f'registry_file = "{registry}"', 'log_level = "WARNING"',
+        "[broker]", f"port = {broker_port}",
+        "[http]", f"port = {http_port}",
+        "[uplink]", 'host = "127.0.0.1"', f"port = {uplink_port}", "tls = false",
+    ]) + "\n")
+    return config
+
+
 class _Generator:
     """Plays many nodes over one connection; `_generator_stdio` calls its command methods."""
 
     def __init__(self, host: str, port: int, wid: int, node_ids: list[str]):
         rng = random.Random(os.getpid() ^ time.time_ns())
-        self.nodes = [_Node(n, rng) for n in node_ids]
+        self.nodes = [SimNode(n, rng) for n in node_ids]
         self.by_ack_topic = {n.ack_topic: n for n in self.nodes}
         self.bad_acks = 0
         self.prepared: list[tuple[bytes, bytes]] = []
@@ -270,24 +314,6 @@ class _Generator:
             return
         node.acked.update(msg["acks"])
 
-    def _tele(self, node: _Node, ts_ms: int) -> bytes:
-        node.seq += 1
-        s = node.seq
-        node.in0 += 1 + (s % 3 == 0)
-        node.in1 += s & 1
-        p0, p1 = 300 + (s * 37) % 4000, (s & 1) * 3700
-        msg = {"v": 1, "t": "tele", "node": node.id, "boot": node.boot, "seq": s, "ts_ms": ts_ms, "synced": True,
-               "vrms_mv": 229_500 + s % 1000, "freq_mhz": 49_980 + s % 40,
-               "ch": [{"n": 0, "name": "mains", "irms_ma": p0 * 1000 // 230, "power_w": p0, "va": p0 + 25,
-                       "pf_milli": 975, "dir": "import", "energy_in_wh": node.in0, "energy_out_wh": 0,
-                       "open": False, "clip": False},
-                      {"n": 1, "name": "ev", "irms_ma": p1 * 1000 // 230, "power_w": p1, "va": p1,
-                       "pf_milli": 1000 if p1 else None, "dir": "import", "energy_in_wh": node.in1,
-                       "energy_out_wh": 0, "open": False, "clip": False}],
-               "relays": [{"n": 0, "name": "ev", "on": bool(p1), "trip": None, "override": False,
-                           "cause": "remote"}]}
-        return wire.encode(msg, node.secret)
-
     # --- commands -----------------------------------------------------------------------------
 
     def prepare(self, count: int) -> dict:
@@ -295,7 +321,7 @@ class _Generator:
         t0 = time.perf_counter()
         ts = _now_ms()
         nodes = self.nodes
-        self.prepared = [(nodes[k % len(nodes)].topic, self._tele(nodes[k % len(nodes)], ts)) for k in range(count)]
+        self.prepared = [(nodes[k % len(nodes)].topic, tele_message(nodes[k % len(nodes)], ts)) for k in range(count)]
         return {"prepared": count, "encode_s": time.perf_counter() - t0,
                 "bytes": sum(len(p) for _, p in self.prepared)}
 
@@ -325,7 +351,7 @@ class _Generator:
             while k < due and conn.unacked < WINDOW:
                 late.append(now - (start_at + k * period))
                 node = nodes[k % len(nodes)]
-                conn.publish(node.topic, self._tele(node, _now_ms()))
+                conn.publish(node.topic, tele_message(node, _now_ms()))
                 k += 1
             wait = (start_at + k * period) - time.time() if k < total else 0.05
             conn.pump(max(0.0, min(0.05, wait)))
@@ -528,27 +554,8 @@ class _Site:
                 raise RuntimeError(f"the controller did not start:\n{_tail(log)}")
             time.sleep(0.05)
 
-    def write_gateway_config(self) -> Path:
-        reg = []
-        for node in self.node_ids:
-            reg += [f"[nodes.{node}]", f'secret_hex = "{_secret(node).hex()}"', f'household = "h-{node}"',
-                    f"[[nodes.{node}.channels]]", "n = 0", 'name = "mains"', "rating_a = 63", "grid = true",
-                    f"[[nodes.{node}.channels]]", "n = 1", 'name = "ev"', "rating_a = 32",
-                    f"[[nodes.{node}.relays]]", "n = 0", 'name = "ev"']
-        registry = self.dir / "nodes.toml"
-        registry.write_text("\n".join(reg) + "\n")
-        config = self.dir / "gateway.toml"
-        config.write_text("\n".join([
-            "[gateway]", f'id = "{GATEWAY_ID}"', f'data_dir = "{self.dir / "gw"}"',
-            f'registry_file = "{registry}"', 'log_level = "WARNING"',
-            "[broker]", f"port = {self.port}",
-            "[http]", f"port = {self.http_port}",
-            "[uplink]", 'host = "127.0.0.1"', f"port = {self.ctl_broker.port}", "tls = false",
-        ]) + "\n")
-        return config
-
     def start_gateway(self, timeout_s: float = 60) -> None:
-        config = self.write_gateway_config()
+        config = write_gateway_config(self.dir, self.node_ids, self.port, self.http_port, self.ctl_broker.port)
         sock_path = self.dir / "notify.sock"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(sock_path))
