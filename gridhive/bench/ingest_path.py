@@ -36,6 +36,7 @@ from gridhive.gateway.storage import Storage, node_rows
 from gridhive.gateway.service import tune_gc
 from gridhive.gateway.uplink import CUT_AHEAD
 
+from . import StepClock
 from .ingest import GATEWAY_ID, SimNode, tele_message, write_gateway_config
 
 STEPS = ("receive", "ingest", "store", "ack", "uplink")
@@ -53,14 +54,8 @@ def run(messages: int = 60_000, nodes: int = 200) -> dict:
 
 
 def _run(messages: int, nodes: int) -> dict:
-    spent_s = dict.fromkeys(STEPS, 0.0)
-
-    def timed(step: str, fn):
-        start = time.process_time()
-        result = fn()
-        spent_s[step] += time.process_time() - start
-        return result
-
+    clock = StepClock(STEPS + ("verify",))
+    timed = clock.timed
     with tempfile.TemporaryDirectory(prefix="gridhive-ingest-path-") as tmp:
         node_ids = [f"n{i:04d}" for i in range(nodes)]
         cfg = load_config(write_gateway_config(Path(tmp), node_ids, broker_port=1883, http_port=8080,
@@ -93,17 +88,14 @@ def _run(messages: int, nodes: int) -> dict:
             ingest.stored()
             timed("ack", lambda: _acks(verdicts, ingest, cfg.registry))
             timed("uplink", lambda: _uplink(storage, cfg.uplink.batch_items, now_ms))
-            spent_s["verify"] = spent_s.get("verify", 0.0) + _verify_s(payloads, cfg.registry.secret_for)
+            timed("verify", lambda: [wire.verify(p, cfg.registry.secret_for) for p in payloads])
         if storage.outbox_depth() != (0, 0):
             raise RuntimeError(f"the outbox still holds {storage.outbox_depth()} (items, batches)")
         storage.close()
     if stored != messages:
         raise RuntimeError(f"{stored} of {messages} messages were stored")
-    figures = {f"{step}_us": round(spent_s[step] / messages * 1e6, 1) for step in STEPS}
-    figures["verify_us"] = round(spent_s["verify"] / messages * 1e6, 1)
-    total_s = sum(spent_s[step] for step in STEPS)
-    figures["total_us"] = round(total_s / messages * 1e6, 1)
-    figures["msgs_per_cpu_s"] = round(messages / total_s)
+    figures = clock.us_per(messages, total_of=STEPS)
+    figures["msgs_per_cpu_s"] = round(1e6 / figures["total_us"])
     figures["messages"] = messages
     return figures
 
@@ -142,13 +134,6 @@ def _acks(verdicts, ingest: Ingest, registry) -> int:
 def _uplink(storage: Storage, batch_items: int, now_ms: int) -> None:
     while formed := storage.form_batches(GATEWAY_ID, batch_items, now_ms, max_batches=CUT_AHEAD):
         storage.delete_batches([gseq for gseq, _ in formed])
-
-
-def _verify_s(payloads: list[bytes], secret_for) -> float:
-    start = time.process_time()
-    for p in payloads:
-        wire.verify(p, secret_for)
-    return time.process_time() - start
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from gridhive.bench import StepClock
 from gridhive.market.contract import MarketContract
 
 from . import crypto
@@ -51,14 +52,9 @@ def run(txs_per_block: int = 500, blocks: int = 6, clients: int = 2_000) -> dict
     config = NodeConfig(mempool=MempoolConfig(max_txs=max(50_000, 2 * txs_per_block)))
     a = Node(genesis, validators[0], MarketContract(), config)
     b = Node(genesis, validators[1], MarketContract(), config)
-    spent_s = dict.fromkeys(("gossip_admission", "proposal_parse", "execute", "finalize", "store"), 0.0)
+    clock = StepClock(("gossip_admission", "proposal_parse", "execute", "finalize", "store"))
+    timed = clock.timed
     final_txs = 0
-
-    def timed(step: str, fn):
-        start = time.process_time()
-        result = fn()
-        spent_s[step] += time.process_time() - start
-        return result
 
     with tempfile.TemporaryDirectory(prefix="gridhive-ledger-path-") as tmp:
         store = Store(Path(tmp) / "ledger.sqlite3")
@@ -103,9 +99,8 @@ def run(txs_per_block: int = 500, blocks: int = 6, clients: int = 2_000) -> dict
     for _ in range(rounds):
         crypto._VERIFIED.clear()
         verify(key.public_hex, signed, sig)
-    figures = {f"{step}_us": round(s / final_txs * 1e6, 1) for step, s in spent_s.items()}
+    figures = clock.us_per(final_txs, total_of=clock.steps)
     figures["verify_us"] = round((time.process_time() - start) / rounds * 1e6, 1)
-    figures["total_us"] = round(sum(spent_s.values()) / final_txs * 1e6, 1)
     figures["txs"] = final_txs
     return figures
 
