@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gridhive.broker import parse_broker
+from gridhive.console import fail, plain
 from gridhive.mqtt_security import TlsSetupError, tls_context
 
 from . import registry
@@ -42,8 +43,7 @@ def _open(db, create=True):
     try:
         return open_store(db, create=create)
     except Exception as e:  # bad URL, server down, wrong credentials, missing file: say which, exit 2
-        console.print(f"[red]cannot open the controller database {redact(db)}: {e}[/]")
-        raise typer.Exit(2) from None
+        fail(console, f"cannot open the controller database {redact(db)}: {e}")
 
 
 @app.command()
@@ -80,8 +80,7 @@ def serve(
         try:  # a bad file stops here, named, not at the first connection
             context = tls_context(ca_file, cert_file, key_file, tls_insecure)
         except TlsSetupError as e:
-            console.print(f"[red]--{e.option.replace('_', '-')}: {e}[/]")
-            raise typer.Exit(2) from None
+            fail(console, f"--{e.option.replace('_', '-')}: {e}")
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _open(db).close()  # fail fast, with a clear message, before connecting to the broker
@@ -164,10 +163,11 @@ def fleet_status(
         is_node = r["kind"] == "node"
         note = (r["error"] or "") if is_node else ""
         table.add_row(
-            "" if is_node else f"[bold]{r['gw']}[/]", r["node"] or "", f"[{style}]{r['state']}[/]", r["fw"] or "-",
+            plain("" if is_node else r["gw"], "bold"), plain(r["node"] or ""), plain(r["state"], style),
+            plain(r["fw"] or "-"),
             _age(now_ms, r["last_seen_ms"]), str(r["seq"]) if r["seq"] >= 0 else "-", str(r["messages"]),
             f"{r['heap_free_b'] // 1024} KiB" if is_node and r["heap_free_b"] is not None else "",
             f"{r['rssi_dbm']} dBm" if is_node and r["rssi_dbm"] is not None else "",
             f"{r['buf_depth']} ({r['buf_dropped']} lost)" if is_node and r["buf_depth"] is not None else "",
-            note)
+            plain(note))
     Console().print(table)  # created here so it measures the terminal it prints to

@@ -11,6 +11,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from gridhive.console import fail
+
 from .config import ConfigError, GatewayConfig, load_config
 
 app = typer.Typer(help="Gateway service on the Raspberry Pi: ingest, storage, relay commands, uplink.",
@@ -24,8 +26,7 @@ def _load(path: Path) -> GatewayConfig:
     try:
         return load_config(path)
     except ConfigError as e:
-        err.print(f"[red]{path}: {e}[/]")
-        raise typer.Exit(2)
+        fail(err, f"{path}: {e}")
 
 
 @app.command()
@@ -50,8 +51,7 @@ def agent(config: Path = CONFIG):
     try:
         code = run_agent(cfg)
     except ConfigError as e:
-        err.print(f"[red]{config}: {e}[/]")
-        raise typer.Exit(2)
+        fail(err, f"{config}: {e}")
     raise typer.Exit(code)
 
 
@@ -89,11 +89,9 @@ def mosquitto_config(
     try:
         files = write_broker_files(cfg, out_dir, tool="" if python_hash else None, run_as=run_as)
     except ConfigError as e:
-        err.print(f"[red]{config}: {e}[/]")
-        raise typer.Exit(2)
+        fail(err, f"{config}: {e}")
     except RuntimeError as e:
-        err.print(f"[red]{e}[/]")
-        raise typer.Exit(1)
+        fail(err, str(e), code=1)
     typer.echo(f"wrote {files['conf']}, {files['passwd']} ({files['users']} users, hashed by {files['hasher']}) "
               f"and {files['acl']}")
     typer.echo(uplink_summary(cfg))

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gridhive.controller.cli import app as ctl_app
+from gridhive.console import fail
 from gridhive.forecast.cli import app as forecast_app
 from gridhive.gateway.cli import app as gateway_app
 from gridhive.ledger.cli import app as ledger_app
@@ -104,8 +105,7 @@ def flash_provision(
         config = provision_config(node_id=node_id, wifi_ssid=wifi_ssid, wifi_password=wifi_password,
                                   mqtt_host=mqtt_host)
     except ProvisionError as e:
-        console.print(f"[red]{e}[/]")
-        raise typer.Exit(2)
+        fail(console, str(e))
     out.write_text(json.dumps(config, indent=2) + "\n")
     out.chmod(0o600)
     console.print(f"wrote {out} for node [bold]{node_id}[/]. Register its secret with the gateway, then: "
@@ -123,8 +123,7 @@ def flash_bundle(
     try:
         path = build_bundle(version=version, out_dir=out)
     except ProvisionError as e:
-        console.print(f"[red]{e}[/]")
-        raise typer.Exit(2)
+        fail(console, str(e))
     console.print(f"built {path}")
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Group
+from rich.markup import escape
 from rich.live import Live
 from rich.table import Table
 
@@ -118,7 +119,7 @@ def _homes_table(gateways, latest, stored, elapsed_s, duration_s, broker_kind) -
                 mains, ev = tele["ch"][0], tele["ch"][1]
                 relay = tele["relays"][0]
                 row = [f"{mains['power_w']:+d}", f"{(tele['vrms_mv'] or 0) / 1000:.1f}",
-                       ("[green]on[/]" if relay["on"] else "off") + (f" [red]{relay['trip']}[/]" if relay["trip"] else ""),
+                       ("[green]on[/]" if relay["on"] else "off") + (f" [red]{escape(relay['trip'])}[/]" if relay["trip"] else ""),
                        f"{ev['irms_ma'] / 1000:.1f}", str(mains["energy_in_wh"]), str(mains["energy_out_wh"])]
             else:
                 row = ["…"] * 6

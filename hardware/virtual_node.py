@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+from rich.markup import escape
+
 from ghnode import app
 from ghnode.hal_sim import Waveform
 from ghnode.hal_sim import SimBoard
@@ -159,7 +161,7 @@ def start_virtual_nodes(count: int, host: str, port: int, state_dir: Path, load:
 def run_virtual_nodes(count, host, port, state_dir, load, duration_s, console) -> int:
     """`gridhive node --virtual`: run until Ctrl-C or duration_s, printing what each node is doing."""
     if load not in LOADS:
-        console.print(f"[red]unknown load {load!r}[/]; choose from {', '.join(LOADS)}")
+        console.print(f"[red]unknown load {escape(repr(load))}[/]; choose from {', '.join(LOADS)}")
         return 2
     nodes = start_virtual_nodes(count, host, port, Path(state_dir), load,
                                 log=lambda text: console.print(f"[dim]{text}[/]"))

@@ -124,3 +124,20 @@ def test_virtual_nodes_from_the_command_line_publish_to_a_real_broker(mosquitto,
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_errors_that_quote_brackets_print_them_verbatim(tmp_path):
+    """Rich reads [..] as markup: a value like "[/]" crashed the error message itself, and "[a-z]"
+    vanished from it. Both must reach the user as written, with exit code 2."""
+    config = tmp_path / "gateway.toml"
+    config.write_text('[gateway]\nid = "gw1"\nlog_level = "[/]"\n')
+    out = gridhive("gateway", "check-config", "--config", str(config))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "gateway.log_level" in out.stderr and "got '[/]'" in out.stderr
+    config.write_text('[gateway]\nid = "GW 1"\n')
+    out = gridhive("gateway", "check-config", "--config", str(config))
+    assert out.returncode == 2 and "^[a-z0-9-]{1,32}$" in out.stderr and "'GW 1'" in out.stderr
+    out = gridhive("node", "--virtual", "--load", "[/]", "--state-dir", str(tmp_path / "nodes"))
+    assert out.returncode == 2 and "unknown load '[/]'" in out.stdout + out.stderr
+    out = gridhive("ctl", "fleet", "status", "--db", f"sqlite:///{tmp_path}/[/].db")
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "[/].db" in out.stdout + out.stderr

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gridhive.console import escape, fail
+
 app = typer.Typer(help="The community ledger: a proof-of-authority validator and its tools.",
                   no_args_is_help=True, add_completion=False)
 console = Console()
@@ -29,8 +31,7 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="validator.toml"
     try:
         validator = Validator(load(config))
     except (ConfigError, StoreError) as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2)
+        fail(console, str(exc))
     raise typer.Exit(asyncio.run(validator.run()))
 
 
@@ -59,15 +60,14 @@ def status(config: Path = typer.Option(None, "--config", "-c", help="validator.t
     try:
         s = LedgerClient(address, timeout_s=5).status()
     except OSError as exc:
-        console.print(f"[red]no validator answers at {address}: {exc}[/]")
-        raise typer.Exit(1)
+        fail(console, f"no validator answers at {address}: {exc}", code=1)
     if as_json:
         print(json.dumps(s, sort_keys=True))
         return
     c = s["consensus"]
     console.print(f"chain [bold]{s['chain_id']}[/]  validator {_short(s['validator'])}  height [bold]{s['height']}[/]"
                   f"  (round {c['round']}, {c['step']})  mempool {s['mempool_txs']}"
-                  + (f"  [red]HALTED: {s['halted']}[/]" if s["halted"] else ""))
+                  + (f"  [red]HALTED: {escape(str(s['halted']))}[/]" if s["halted"] else ""))
     last = s["last_commit"]
     if last:
         age_s = (time.time() * 1000 - last["time_ms"]) / 1000

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gridhive.console import fail
 from gridhive.gridops import ConsentRegistry, build_export, planned_export_wh, write_files
 from gridhive.ledger.client import LedgerClient
 
@@ -102,8 +103,7 @@ def serve_cmd(ledger: str = LEDGER,
     try:
         counts = serve(ledger, key, stop, poll_ms)
     except ValueError as exc:           # the key is not this chain's operator
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2)
+        fail(console, str(exc))
     logging.getLogger(__name__).info("market loop stopped: %s", dict(counts))
 
 
