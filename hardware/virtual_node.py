@@ -158,19 +158,37 @@ def start_virtual_nodes(count: int, host: str, port: int, state_dir: Path, load:
     return nodes
 
 
+def link_state(node: VirtualNode, host: str, port: int) -> str:
+    """"connected to host:port", or why not (the reason the node's link last failed)."""
+    link = node.firmware.link
+    if link.up:
+        return f"connected to {host}:{port}"
+    error = link.last_error
+    if isinstance(error, OSError):  # the firmware raises MicroPython-style OSError(errno)
+        code = error.errno or (error.args[0] if error.args and isinstance(error.args[0], int) else None)
+        error = os.strerror(code) if code else error
+    return f"cannot reach {host}:{port}: {error or 'connecting'}; retrying"
+
+
 def run_virtual_nodes(count, host, port, state_dir, load, duration_s, console) -> int:
     """`gridhive node --virtual`: run until Ctrl-C or duration_s, printing what each node is doing."""
     if load not in LOADS:
         console.print(f"[red]unknown load {escape(repr(load))}[/]; choose from {', '.join(LOADS)}")
         return 2
     nodes = start_virtual_nodes(count, host, port, Path(state_dir), load,
-                                log=lambda text: console.print(f"[dim]{text}[/]"))
+                                log=lambda text: console.print(f"[dim]{escape(text)}[/]"))
     console.print(f"started {count} virtual node(s) → {host}:{port}; state in {state_dir}. Ctrl-C stops.")
     console.print("Register their secrets with the gateway: each node's config.json holds secret_hex.")
     t_end = time.monotonic() + duration_s if duration_s else None
+    said: dict[str, str] = {}
     try:
         while t_end is None or time.monotonic() < t_end:
             time.sleep(1)
+            for node in nodes:  # the firmware retries quietly: say when a node's link changes
+                state = link_state(node, host, port)
+                if state != said.get(node.node_id):
+                    said[node.node_id] = state
+                    console.print(f"{node.node_id}: {escape(state)}")
     except KeyboardInterrupt:
         pass
     for node in nodes:

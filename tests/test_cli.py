@@ -141,3 +141,15 @@ def test_errors_that_quote_brackets_print_them_verbatim(tmp_path):
     assert out.returncode == 2 and "unknown load '[/]'" in out.stdout + out.stderr
     out = gridhive("ctl", "fleet", "status", "--db", f"sqlite:///{tmp_path}/[/].db")
     assert out.returncode == 2 and "Traceback" not in out.stderr and "[/].db" in out.stdout + out.stderr
+
+
+def test_a_virtual_node_says_when_it_cannot_reach_its_broker(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = gridhive("node", "--virtual", "--broker", f"127.0.0.1:{port}", "--duration-s", "3",
+                   "--state-dir", str(tmp_path / "nodes"))
+    assert out.returncode == 0, out.stderr
+    assert f"vnode-1: cannot reach 127.0.0.1:{port}: Connection refused; retrying" in out.stdout
