@@ -5,6 +5,7 @@ import asyncio
 import json
 import logging
 import signal
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,7 +19,7 @@ from gridhive.console import fail, plain
 from gridhive.mqtt_security import TlsSetupError, tls_context
 
 from . import registry
-from .store import open_store
+from .store import NotControllerDatabase, open_store, sqlite_path
 
 app = typer.Typer(help="Fleet manager's controller: gateway uplink ingest and the fleet registry.",
                   no_args_is_help=True, add_completion=False)
@@ -28,6 +29,7 @@ console = Console()
 
 DEFAULT_DB = "sqlite:///var/controller.db"
 DB_HELP = "Database: sqlite:///path (default var/controller.db) or postgresql://user@host:port/dbname."
+LOG_LEVELS = ("debug", "info", "warning", "error")
 STATE_STYLE = {"online": "green", "stale": "yellow", "safe-mode": "magenta", "offline": "red", "unreachable": "red"}
 
 
@@ -42,8 +44,25 @@ def redact(url):
 def _open(db, create=True):
     try:
         return open_store(db, create=create)
-    except Exception as e:  # bad URL, server down, wrong credentials, missing file: say which, exit 2
+    except ValueError as e:  # a URL that names no database
+        fail(console, f"--db: {e}")
+    except FileNotFoundError as e:
+        fail(console, f"{e} (start `gridhive ctl serve --db {db}` first, or check the path)")
+    except NotControllerDatabase as e:
+        fail(console, f"{redact(db)} is not a controller database ({e}); "
+                      "point --db at the one `gridhive ctl serve` uses")
+    except Exception as e:  # server down, wrong credentials, not a database file: say which, exit 2
         fail(console, f"cannot open the controller database {redact(db)}: {e}")
+
+
+def _check_db_folder(db):
+    """serve creates its database file, but not a missing folder (a typo in --db), except the default's."""
+    try:
+        path = sqlite_path(db)
+    except ValueError as e:
+        fail(console, f"--db: {e}")
+    if path is not None and path != sqlite_path(DEFAULT_DB) and not path.parent.is_dir():
+        fail(console, f"--db: the folder {path.parent} does not exist: create it first, or check the path")
 
 
 @app.command()
@@ -75,13 +94,19 @@ def serve(
         host, port = parse_broker(broker)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--broker")
+    if log_level.lower() not in LOG_LEVELS:
+        fail(console, f"--log-level: unknown level {log_level!r}: use debug, info, warning or error")
+    if (cert_file is None) != (key_file is None):
+        missing = "--key-file" if key_file is None else "--cert-file"
+        fail(console, f"{missing}: a client certificate needs both --cert-file and --key-file")
+    _check_db_folder(db)
     context = None
     if tls or tls_insecure or ca_file or cert_file or key_file:
         try:  # a bad file stops here, named, not at the first connection
             context = tls_context(ca_file, cert_file, key_file, tls_insecure)
         except TlsSetupError as e:
             fail(console, f"--{e.option.replace('_', '-')}: {e}")
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+    logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _open(db).close()  # fail fast, with a clear message, before connecting to the broker
     service = ControllerService(db, host, port, client_id=client_id, user=user, password=password, tls=context)
@@ -170,4 +195,5 @@ def fleet_status(
             f"{r['rssi_dbm']} dBm" if is_node and r["rssi_dbm"] is not None else "",
             f"{r['buf_depth']} ({r['buf_dropped']} lost)" if is_node and r["buf_depth"] is not None else "",
             plain(note))
-    Console().print(table)  # created here so it measures the terminal it prints to
+    # Created here so it measures the terminal it prints to; piped, 80 columns would cut the headers.
+    Console(width=None if sys.stdout.isatty() else 160).print(table)

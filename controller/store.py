@@ -38,7 +38,12 @@ SCHEMA = (
         buf_depth BIGINT, buf_dropped BIGINT, safe_mode BOOLEAN, error TEXT, uptime_s BIGINT, reset_cause TEXT,
         health_seq BIGINT NOT NULL, online BOOLEAN, status_gw TEXT, status_gseq BIGINT NOT NULL)""",
 )
+TABLES = ("gateways", "nodes", "messages", "batches", "meta")  # what create=False requires
 _MESSAGE_COLUMNS = ("node", "seq", "t", "boot", "ts_ms", "gw", "gseq", "received_ms", "payload")
+
+
+class NotControllerDatabase(Exception):
+    """The database opened, but the controller's tables are not in it (and create=False made none)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,12 @@ class Store:
         self._execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING",
                       (str(SCHEMA_VERSION),))
         self.conn.commit()
+
+    def _check_schema(self):
+        missing = [t for t in TABLES if t not in self._tables()]
+        if missing:
+            self.conn.close()
+            raise NotControllerDatabase(f"no `{missing[0]}` table")
 
     # --- reads ------------------------------------------------------------------------------------
 
@@ -193,8 +204,13 @@ class Store:
 
 
 class SqliteStore(Store):
-    def __init__(self, path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, create=True):
+        if not create:  # read-only: nothing in the file can change
+            self.conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+            self.conn.execute("PRAGMA busy_timeout=5000")
+            self._check_schema()
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(path)
         # WAL: `fleet status` can read while the service writes. FULL: an acknowledged batch survives
         # a power cut, not only a crash (one fsync per transaction, amortised by grouping batches).
@@ -203,15 +219,22 @@ class SqliteStore(Store):
         self.conn.execute("PRAGMA busy_timeout=5000")
         self._create_schema()
 
+    def _tables(self):
+        return {r[0] for r in self._execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
 
 class PostgresStore(Store):
-    def __init__(self, url):
+    def __init__(self, url, create=True):
         import psycopg  # optional dependency: the `pg` extra
 
         self._connect = psycopg.connect
         self.url = url
         self.conn = self._connect(url)
-        self._create_schema()
+        if create:
+            self._create_schema()
+        else:
+            self.conn.read_only = True  # the server refuses any write in this session
+            self._check_schema()
 
     def _sql(self, sql):
         return sql.replace("?", "%s")
@@ -220,18 +243,37 @@ class PostgresStore(Store):
         if self.conn.broken or self.conn.closed:
             self.conn = self._connect(self.url)
 
+    def _tables(self):
+        return {r[0] for r in self._execute("SELECT table_name FROM information_schema.tables "
+                                            "WHERE table_schema = ANY (current_schemas(false))")}
+
+
+def sqlite_path(url):
+    """The file of `sqlite:///relative`, `sqlite:////absolute` or a plain path; None for PostgreSQL."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return None
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+    elif "://" in url:
+        # the scheme only: the rest of a URL may hold a password
+        raise ValueError(f"unsupported database URL scheme {url.split('://')[0]!r}: use postgresql://… or sqlite:///path")
+    else:
+        path = url
+    if path in ("", ":memory:"):  # SQLite would open a temporary database that vanishes on close
+        raise ValueError(f"the database URL {url!r} has no file path: use "
+                         "sqlite:///path/to/controller.db (or a plain path) or postgresql://…")
+    return Path(path)
+
 
 def open_store(url, create=True):
     """A Store for `postgresql://…` / `postgres://…`, `sqlite:///relative`, `sqlite:////absolute` or a path.
 
-    With create=False a missing SQLite file is an error instead of a new, empty database.
+    With create=False (read-only commands) nothing is created or changed: the database is opened
+    read-only, and a missing SQLite file or a database without the controller's tables is an error.
     """
-    if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url)
-    if url.startswith("sqlite:///"):
-        url = url[len("sqlite:///"):]
-    elif "://" in url:
-        raise ValueError(f"unsupported database URL {url!r}: use postgresql://… or sqlite:///path")
-    if not create and not Path(url).exists():
-        raise FileNotFoundError(f"no controller database at {url}")
-    return SqliteStore(url)
+    path = sqlite_path(url)
+    if path is None:
+        return PostgresStore(url, create)
+    if not create and not path.exists():
+        raise FileNotFoundError(f"no controller database at {path}")
+    return SqliteStore(path, create)
