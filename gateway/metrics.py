@@ -37,6 +37,8 @@ class GatewayMetrics:
         self.pruned = Counter(p + "pruned_rows", "Rows removed by retention", ["table"], registry=r)
         self.connect_failures = Counter(p + "mqtt_connect_failures", "Failed MQTT connection attempts",
                                         ["link", "reason"], registry=r)
+        self.http_rejected = Counter(p + "http_rejected", "HTTP API requests refused, by reason", ["reason"],
+                                     registry=r)
 
 
 class MeterMetrics:

@@ -16,13 +16,6 @@ from gridhive.gateway.uplink import InflightWindow, parse_ack
 pytestmark = pytest.mark.broker
 
 
-@pytest.fixture
-def gateway(tmp_path, mosquitto):
-    gwt = GatewayThread(write_config(tmp_path / "g.toml", broker_port=mosquitto.port)).start()
-    yield gwt
-    gwt.stop()
-
-
 def node_client(mosquitto, name="n1"):
     c = Client(mosquitto.port, client_id=f"{name}-test")
     c.subscribe(wire.topic(name, "ack"))
