@@ -446,6 +446,12 @@ class BrokerLink:
             log.warning("%s: the broker refused a publish (reason 0x%02x)", self.name, reason)
         self._send_waiting()
 
+    @property
+    def subscribed(self) -> bool:
+        """Connected and the broker has answered our SUBSCRIBE: from now on it delivers to us (and,
+        with a persistent session, keeps what arrives while we are away)."""
+        return self.connected and not self._subscribe_pid
+
     def _suback(self, body: memoryview) -> None:
         self._subscribe_pid = 0
         codes = bytes(body[2:])

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from gridhive.console import fail
+from gridhive.console import fail, plain
 
 from .config import ConfigError, GatewayConfig, load_config
 
@@ -22,11 +22,16 @@ err = Console(stderr=True)
 CONFIG = typer.Option(Path("gateway.toml"), "--config", "-c", help="The gateway's TOML config (docs/GATEWAY.md).")
 
 
+def _config_error(path: Path, e: ConfigError):
+    # An error without a key is about the file itself and names it already.
+    fail(err, f"{path}: {e}" if e.key else str(e))
+
+
 def _load(path: Path) -> GatewayConfig:
     try:
         return load_config(path)
     except ConfigError as e:
-        fail(err, f"{path}: {e}")
+        _config_error(path, e)
 
 
 @app.command()
@@ -37,7 +42,11 @@ def run(config: Path = CONFIG):
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .service import run_gateway
 
-    raise typer.Exit(run_gateway(cfg))
+    try:
+        code = run_gateway(cfg)
+    except ConfigError as e:  # found at start-up: the HTTP port in use, a data dir it cannot write
+        _config_error(config, e)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -51,7 +60,7 @@ def agent(config: Path = CONFIG):
     try:
         code = run_agent(cfg)
     except ConfigError as e:
-        fail(err, f"{config}: {e}")
+        _config_error(config, e)
     raise typer.Exit(code)
 
 
@@ -84,17 +93,28 @@ def mosquitto_config(
 ):
     """Write mosquitto.conf, a password file and an ACL: each node reaches only gh/<its id>/..."""
     cfg = _load(config)
-    from .mosquitto import uplink_summary, write_broker_files
+    from .mosquitto import NoSuchUser, uplink_summary, write_broker_files
 
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(err, f"--out: {out_dir} is a file, not a folder: give the folder for mosquitto.conf, passwd and acl")
     try:
         files = write_broker_files(cfg, out_dir, tool="" if python_hash else None, run_as=run_as)
     except ConfigError as e:
-        fail(err, f"{config}: {e}")
+        _config_error(config, e)
+    except NoSuchUser as e:
+        fail(err, f"--run-as: {e}")
+    except OSError as e:
+        fail(err, f"--out: cannot write {e.filename or out_dir} ({e.strerror}): choose a folder this user "
+                  "may create and write")
     except RuntimeError as e:
         fail(err, str(e), code=1)
     typer.echo(f"wrote {files['conf']}, {files['passwd']} ({files['users']} users, hashed by {files['hasher']}) "
               f"and {files['acl']}")
     typer.echo(uplink_summary(cfg))
+    if files["unreachable"]:
+        err.print(plain(f"warning: mosquitto drops to user {run_as!r}, who cannot enter {files['unreachable']}: "
+                        "it would fail to open its password file. Choose an --out below folders that user may "
+                        f"enter, or allow it (chmod o+x {files['unreachable']})", "yellow"), soft_wrap=True)
     typer.echo(f"start it with: mosquitto -c {files['conf']}")
 
 

@@ -6,13 +6,18 @@ errors that list the valid ones: a typo such as `uplink.prot` is never silently 
 
 Environment variables override scalar keys for containers: GRIDHIVE_GATEWAY__UPLINK__PORT=8884
 sets `uplink.port`. The value is read as a TOML value when it parses as one (8884, true, "x"),
-else taken as a plain string.
+else taken as a plain string. An error in an overridden key names the variable.
+
+Under systemd with StateDirectory= (the unit `gridhive gateway systemd-unit` prints),
+`gateway.data_dir` defaults to that folder ($STATE_DIRECTORY) instead of the config's folder,
+which that unit's ProtectSystem=strict makes read-only.
 
 The node registry (node id -> secret, household, circuits, relays) lives under `[nodes.<id>]`,
 either in gateway.toml or in the file named by `gateway.registry_file`.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -37,7 +42,7 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str | None, message: str):
         super().__init__(f"{key}: {message}" if key else message)
-        self.key = key
+        self.key, self.message = key, message
 
 
 # --- the declarative schema -----------------------------------------------------------------
@@ -225,10 +230,17 @@ def _describe(spec: Key) -> str:
     return what
 
 
+def _shown(value: Any) -> str:
+    """A value as the user wrote it: TOML's true/false, not Python's True/False."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
 def _check(key: str, spec: Key, value: Any, base_dir: Path) -> Any:
     if value is None and spec.nullable:
         return None
-    bad = ConfigError(key, f"expected {_describe(spec)}, got {value!r}")
+    bad = ConfigError(key, f"expected {_describe(spec)}, got {_shown(value)}")
     if spec.kind == "int":
         # TOML gives real ints; reject true/false and 1.0, which Python would treat as ints.
         if not isinstance(value, int) or isinstance(value, bool):
@@ -256,7 +268,7 @@ def _check(key: str, spec: Key, value: Any, base_dir: Path) -> Any:
 
 def _table(key: str, raw: Any, specs: Mapping[str, Key], base_dir: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
-        raise ConfigError(key, f"expected a table, got {raw!r}")
+        raise ConfigError(key, f"expected a table, got {_shown(raw)}")
     unknown = sorted(set(raw) - set(specs))
     if unknown:
         raise ConfigError(f"{key}.{unknown[0]}" if key else unknown[0],
@@ -379,32 +391,56 @@ def _parse_env_value(raw: str) -> Any:
         return raw
 
 
-def apply_env(raw: dict, env: Mapping[str, str]) -> dict:
-    """Overlay GRIDHIVE_GATEWAY__SECTION__KEY variables on the parsed TOML (a copy)."""
+def _unknown_override(name: str, schemas: Mapping[str, Mapping[str, Key]]) -> ConfigError:
+    """The closest valid variables, not all ~90 of them."""
+    valid = [f"{s.upper()}__{k.upper()}" for s in schemas for k in schemas[s]]
+    close = difflib.get_close_matches(name[len(ENV_PREFIX):], valid, n=3)
+    if close:
+        hint = "the closest valid: " + ", ".join(ENV_PREFIX + c for c in close)
+    else:
+        hint = (f"the form is {ENV_PREFIX}<SECTION>__<KEY> with a key of docs/GATEWAY.md; sections: "
+                + ", ".join(s.upper() for s in schemas))
+    return ConfigError(name, f"unknown override; {hint}")
+
+
+def apply_env(raw: dict, env: Mapping[str, str]) -> tuple[dict, dict[str, str]]:
+    """Overlay GRIDHIVE_GATEWAY__SECTION__KEY variables on the parsed TOML (a copy). Also returns
+    which variable set each dotted key, so an error in its value can name the variable."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    sources: dict[str, str] = {}
+    schemas = {**SECTIONS, **OPTIONAL_SECTIONS}
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX):
             continue
         parts = name[len(ENV_PREFIX):].lower().split("__")
-        schemas = {**SECTIONS, **OPTIONAL_SECTIONS}
         if len(parts) != 2 or parts[0] not in schemas or parts[1] not in schemas[parts[0]]:
-            valid = ", ".join(f"{ENV_PREFIX}{s.upper()}__{k.upper()}" for s in schemas for k in schemas[s])
-            raise ConfigError(name, f"unknown override; valid variables: {valid}")
+            raise _unknown_override(name, schemas)
         section = out.setdefault(parts[0], {})
         if not isinstance(section, dict):
-            raise ConfigError(parts[0], f"expected a table, got {section!r}")
+            raise ConfigError(parts[0], f"expected a table, got {_shown(section)}")
         section[parts[1]] = _parse_env_value(env[name])
-    return out
+        sources[".".join(parts)] = name
+    return out, sources
 
 
-def _read_toml(path: Path) -> dict:
+def _read_toml(path: Path, key: str | None = None) -> dict:
+    """Parse a TOML file. Errors name the path; `key` is the setting that named the file (None:
+    the config itself, whose errors are about the whole file)."""
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(None, f"no config at {path}: write one (see docs/GATEWAY.md)") from None
+        problem = f"no such file {path}" if key else f"no config at {path}: write one (see docs/GATEWAY.md)"
+    except IsADirectoryError:
+        problem = f"{path} is a folder, not a config file: give the path of the .toml file"
+    except OSError as e:  # permission denied, an I/O error
+        problem = f"cannot read {path} ({e.strerror}): check that this user may read it"
+    except UnicodeDecodeError as e:
+        problem = (f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}): "
+                   "TOML files are UTF-8; save it as UTF-8")
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(None, f"{path} is not valid TOML ({e})") from None
+        problem = f"{path} is not valid TOML ({e})"
+    raise ConfigError(key, problem)
 
 
 def _items(key: str, raw: Any, specs: Mapping[str, Key], limit: int, base_dir: Path) -> list[dict]:
@@ -431,7 +467,7 @@ def parse_registry(raw_nodes: Any, base_dir: Path, key: str = "nodes") -> Regist
         if node_id in RESERVED_USERS:
             raise ConfigError(where, f"{node_id!r} is reserved for a broker user")
         if not isinstance(raw, dict):
-            raise ConfigError(where, f"expected a table, got {raw!r}")
+            raise ConfigError(where, f"expected a table, got {_shown(raw)}")
         body = {k: v for k, v in raw.items() if k not in ("channels", "relays")}
         values = _table(where, body, NODE_KEYS, base_dir)
         secret = bytes.fromhex(values["secret_hex"])
@@ -450,7 +486,20 @@ def parse_registry(raw_nodes: Any, base_dir: Path, key: str = "nodes") -> Regist
 def parse_config(raw: dict, base_dir: Path, source: Path | None = None,
                  env: Mapping[str, str] | None = None) -> GatewayConfig:
     """Validate an already-parsed TOML document (plus env overrides) into a GatewayConfig."""
-    raw = apply_env(raw, os.environ if env is None else env)
+    env = os.environ if env is None else env
+    raw, from_env = apply_env(raw, env)
+    state_dir = env.get("STATE_DIRECTORY")  # set by systemd's StateDirectory= (see the module doc)
+    if state_dir and isinstance(raw.get("gateway"), dict) and "data_dir" not in raw["gateway"]:
+        raw["gateway"]["data_dir"] = state_dir.split(":")[0]
+    try:
+        return _validate(raw, base_dir, source)
+    except ConfigError as e:
+        if e.key in from_env:  # the bad value is the variable's, not the file's
+            raise ConfigError(e.key, f"{e.message} (set by {from_env[e.key]})") from None
+        raise
+
+
+def _validate(raw: dict, base_dir: Path, source: Path | None) -> GatewayConfig:
     unknown = sorted(set(raw) - set(SECTIONS) - set(OPTIONAL_SECTIONS) - {"nodes"})
     if unknown:
         raise ConfigError(unknown[0], "unknown section; valid sections: "
@@ -461,7 +510,7 @@ def parse_config(raw: dict, base_dir: Path, source: Path | None = None,
     if registry_file is not None:
         if "nodes" in raw:
             raise ConfigError("nodes", "nodes are listed both here and in gateway.registry_file; keep one")
-        reg_raw = _read_toml(registry_file)
+        reg_raw = _read_toml(registry_file, key="gateway.registry_file")
         extra = sorted(set(reg_raw) - {"nodes"})
         if extra:
             raise ConfigError(f"{registry_file}: {extra[0]}", "a registry file holds only [nodes.<id>] tables")

@@ -18,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import os
+import pwd
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,6 +28,10 @@ from .config import ConfigError, GatewayConfig
 NODE_WRITES = ("tele", "health", "status", "reply", "evt")
 NODE_READS = ("ack", "cmd")
 PBKDF2_ITERATIONS = 101
+
+
+class NoSuchUser(LookupError):
+    """The user mosquitto is to run as does not exist on this machine."""
 
 
 def node_password(secret: bytes) -> str:
@@ -96,6 +101,8 @@ def conf_text(cfg: GatewayConfig, out_dir: Path, run_as: str = "mosquitto") -> s
         f"password_file {out_dir / 'passwd'}",
         f"acl_file {out_dir / 'acl'}",
         "persistence true",
+        # The trailing slash: mosquitto before 2.0.3 appended the file name without one (its manual
+        # said "must end in a trailing slash"); later ones add their own: "mq//mosquitto.db", harmless.
         f"persistence_location {out_dir}/",
         "autosave_interval 60",
         "# The gateway keeps a persistent session: the broker holds what arrives while it restarts.",
@@ -129,22 +136,38 @@ def uplink_summary(cfg: GatewayConfig) -> str:
     return f"uplink: mqtts://{u.host}:{u.port}, server verified against {ca}{name}{client}{login}"
 
 
+def unreachable_folder(path: Path, user: pwd.struct_passwd) -> Path | None:
+    """The topmost folder above `path` that `user` may not enter (no x bit for it by owner, group
+    or other; ACLs are not read), or None."""
+    groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
+    for folder in reversed(path.parents):
+        st = folder.stat()
+        bit = 0o100 if st.st_uid == user.pw_uid else 0o010 if st.st_gid in groups else 0o001
+        if not st.st_mode & bit:
+            return folder
+    return None
+
+
 def write_broker_files(cfg: GatewayConfig, out_dir: Path, tool: str | None = None,
-                       run_as: str = "mosquitto") -> dict[str, Path | str]:
+                       run_as: str = "mosquitto") -> dict[str, Path | str | None]:
     """Write the three files. When we are root, hand them (and the persistence folder) to the
-    `run_as` user, who must read the password file and ACL but nobody else should."""
+    `run_as` user, who must read the password file and ACL but nobody else should; "unreachable"
+    is a folder above them that user cannot enter (mosquitto would fail to open them), or None."""
     out_dir = Path(out_dir).resolve()
     users = broker_users(cfg)
+    try:  # before anything is written: mosquitto.conf names this user
+        owner = pwd.getpwnam(run_as)
+    except KeyError:
+        raise NoSuchUser(f"no system user {run_as!r} to run mosquitto as: install mosquitto "
+                         "(it creates the user) or pass another --run-as") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"conf": out_dir / "mosquitto.conf", "passwd": out_dir / "passwd", "acl": out_dir / "acl"}
     hasher = write_password_file(paths["passwd"], users, tool)
     paths["acl"].write_text(acl_text(cfg))
     paths["conf"].write_text(conf_text(cfg, out_dir, run_as))
-    if os.geteuid() == 0 and run_as != "root":
-        try:
-            for path in (out_dir, paths["passwd"], paths["acl"]):
-                shutil.chown(path, run_as, run_as)
-        except LookupError:
-            raise RuntimeError(f"no system user {run_as!r} to run mosquitto as: install mosquitto "
-                               "(it creates the user) or pass --run-as") from None
-    return {**paths, "hasher": hasher, "users": str(len(users))}
+    unreachable = None
+    if os.geteuid() == 0 and owner.pw_uid != 0:
+        for path in (out_dir, paths["passwd"], paths["acl"]):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+        unreachable = unreachable_folder(out_dir, owner)
+    return {**paths, "hasher": hasher, "users": str(len(users)), "unreachable": unreachable}

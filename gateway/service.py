@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from concurrent import futures
+import errno
 import gc
 from collections import Counter
 import logging
@@ -32,7 +33,7 @@ from ghnode import wire
 from gridhive.mqtt_security import ConnectFailure, Options
 
 from .commands import CommandError, CommandResult, RelayCommands
-from .config import GatewayConfig
+from .config import ConfigError, GatewayConfig
 from .homeassistant import OFFLINE, ON, OFF, ONLINE, HomeAssistant
 from .http import build_app
 from .ingest import ACCEPTED, DUPLICATE, REJECTED, STATUS, Ingest, Limits, RejectLog, Verdict, ack_payloads
@@ -66,7 +67,19 @@ class Gateway:
         self.gateway_id = cfg.gateway_id
         self.fw = gateway_version()
         self.metrics = GatewayMetrics()
-        self.storage = Storage(cfg.db_path, cfg.storage.synchronous, outbox=cfg.uplink.enabled)
+        # What can fail on this machine with a valid config fails here, before anything has
+        # started, as a ConfigError naming the key: the HTTP port first, then the database.
+        self.http_port: int | None = None
+        self._http_sock = self._bind_http()
+        try:
+            self.storage = Storage(cfg.db_path, cfg.storage.synchronous, outbox=cfg.uplink.enabled)
+        except (OSError, sqlite3.Error) as e:
+            if self._http_sock:
+                self._http_sock.close()
+            key = "storage.path" if cfg.storage.path else "gateway.data_dir"
+            reason = getattr(e, "strerror", None) or e
+            raise ConfigError(key, f"cannot open the database {cfg.db_path} ({reason}): point {key} at a "
+                              "folder this user may write") from None
         # Ingest and uplink batches are written by a thread of their own: the loop goes on
         # receiving and verifying meanwhile.
         self.writer = BatchWriter(self.storage)
@@ -105,7 +118,6 @@ class Gateway:
                                       tracks=self.ingest.tracks, flush=self.flush, clock_ms=clock_ms)
         self.sd = SdNotifier()
         self.panel: StatusPanel | None = None
-        self.http_port: int | None = None
         self._http_task: asyncio.Task | None = None
         self._pending: list[tuple[Verdict, int, Received]] = []
         # (batch, future, started) while an ingest batch is being written.
@@ -145,7 +157,7 @@ class Gateway:
             "duplicates": self.ingest.duplicates, "counter_resets": self.ingest.counter_resets,
             "stored_messages": self.storage.count("message"), "quarantined": self.storage.count("quarantine"),
             "pending": self._pending_count(), "outbox_items": items, "outbox_batches": batches,
-            "broker_connected": self.local.connected,
+            "broker_connected": self.local.connected, "broker_subscribed": self.local.subscribed,
             "uplink_connected": bool(self.uplink and self.uplink.link.connected),
         }
 
@@ -226,15 +238,31 @@ class Gateway:
         self.storage.close()
         log.info("gateway %s stopped", self.gateway_id)
 
-    async def _start_http(self):
+    def _bind_http(self) -> socket.socket | None:
+        """The HTTP API's listening socket (served from run()); sets http_port."""
         if not self.cfg.http.enabled:
             return None
+        host, port = self.cfg.http.host, self.cfg.http.port
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.cfg.http.host, self.cfg.http.port))
+        try:
+            sock.bind((host, port))
+            sock.listen()  # now, not when uvicorn starts: until then Linux lets another bind it too
+        except OSError as e:
+            sock.close()
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError("http.port", f"{host}:{port} is in use (another gateway?); "
+                                  "choose another http.port") from None
+            raise ConfigError("http.host", f"cannot listen on {host}:{port} ({e.strerror}): "
+                              "check http.host and http.port") from None
         self.http_port = sock.getsockname()[1]
+        return sock
+
+    async def _start_http(self):
+        if self._http_sock is None:
+            return None
         server = _QuietServer(uvicorn.Config(build_app(self), log_level="warning", lifespan="off"))
-        self._http_task = asyncio.create_task(server.serve(sockets=[sock]))
+        self._http_task = asyncio.create_task(server.serve(sockets=[self._http_sock]))
         return server
 
     async def _ticker(self) -> None:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gridhive.controller.cli import app as ctl_app
-from gridhive.console import fail
+from gridhive.console import escape, fail
 from gridhive.forecast.cli import app as forecast_app
 from gridhive.gateway.cli import app as gateway_app
 from gridhive.ledger.cli import app as ledger_app
@@ -99,17 +99,20 @@ def flash_provision(
     out: Path = typer.Option(Path("config.json"), help="Where to write the node's config.json."),
 ):
     """Write a validated config.json with a fresh 32-byte secret for one node (copy it with mpremote)."""
-    from gridhive.flashing import provision_config, ProvisionError
+    from gridhive.flashing import provision_config, ProvisionError, write_node_config
 
     try:
         config = provision_config(node_id=node_id, wifi_ssid=wifi_ssid, wifi_password=wifi_password,
                                   mqtt_host=mqtt_host)
     except ProvisionError as e:
         fail(console, str(e))
-    out.write_text(json.dumps(config, indent=2) + "\n")
-    out.chmod(0o600)
-    console.print(f"wrote {out} for node [bold]{node_id}[/]. Register its secret with the gateway, then: "
-                  f"mpremote cp {out} :/config.json")
+    try:
+        write_node_config(out, config)
+    except OSError as e:
+        fail(console, f"--out: cannot write {out} ({e.strerror}): give a file in an existing folder this user "
+                      "may write")
+    console.print(f"wrote {escape(str(out))} for node [bold]{node_id}[/]. Register its secret with the gateway, "
+                  f"then: mpremote cp {escape(str(out))} :/config.json")
 
 
 @flash_app.command("bundle")

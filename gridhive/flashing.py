@@ -36,6 +36,20 @@ def provision_config(node_id: str, wifi_ssid: str, wifi_password: str, mqtt_host
         raise ProvisionError(f"invalid node config: {e}") from None
 
 
+def write_node_config(path: Path, config: dict) -> None:
+    """Write config.json whole or not at all (a temporary file renamed over `path`), readable by
+    its owner only from the start: it holds the node's secret. Raises OSError."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(config, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def build_bundle(version: str, out_dir: Path) -> Path:
     """Compile device/ into out_dir: /boot.py, /main.py, /appdir.py and /app/<version>/ghnode/*.mpy.
 

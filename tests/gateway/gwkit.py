@@ -201,6 +201,10 @@ class GatewayProcess:
             sock_path.unlink()
         self.http_port = http_port
         wait_for_port(http_port)
+        # READY=1 comes before the broker answers the gateway's SUBSCRIBE (a gateway whose broker
+        # is down still starts). On a first start, with no session on the broker yet, what nodes
+        # publish before it reaches nobody and is seen only when they resend it.
+        wait(lambda: self.get("/api/stats")["broker_subscribed"], 10, "the gateway's subscription")
 
     def get(self, path: str):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:

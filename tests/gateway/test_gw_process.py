@@ -122,11 +122,16 @@ def test_fuzz_storm_every_bad_message_counted_every_valid_one_stored(site):
             fuzzer.publish(topic, payload)
         total = len(storm)
 
+        last = {}
+
         def done():
-            s = gw.get("/api/stats")
-            return s if s["accepted_total"] + s["rejected_total"] + s["duplicates"] == total and not s["pending"] \
-                else None
-        stats = wait(done, 120, f"the gateway to process {total} messages", interval_s=0.25)
+            last.update(gw.get("/api/stats"))
+            return dict(last) if last["accepted_total"] + last["rejected_total"] + last["duplicates"] == total \
+                and not last["pending"] else None
+        try:
+            stats = wait(done, 120, f"the gateway to process {total} messages", interval_s=0.25)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; its last stats: {last}") from None
         elapsed = time.monotonic() - started
         assert stats["accepted_total"] == len(valid) and stats["stored_messages"] == len(valid)
         assert stats["rejected"] == dict(expected), (stats["rejected"], dict(expected))
@@ -156,7 +161,7 @@ def test_sigkill_broker_restart_and_controller_outage_lose_and_duplicate_nothing
     ctl_broker.start()
     controller = FakeController(site.ctl_port)
     gw = GatewayProcess(site.config, site.tmp)
-    gw.start(site.http_port)
+    gw.start(site.http_port)  # and subscribed: a reading first seen as a resend adds no energy
     fleet = [FleetNode(site.port, n, rate_hz=60, resend_s=2.0) for n in NODES[:3]]
     try:
         for node in fleet:
