@@ -20,14 +20,18 @@ class ProvisionError(Exception):
 
 
 def provision_config(node_id: str, wifi_ssid: str, wifi_password: str, mqtt_host: str) -> dict:
-    """A complete, validated node config with a fresh secret and a single CT channel on GPIO 36."""
+    """A complete, validated node config with a fresh secret and a single CT channel on GPIO 36.
+    Its MQTT login is the one `gridhive gateway mosquitto-config` gives the node once its secret is
+    in the gateway's registry: the node id, and the password derived from the secret."""
     from ghnode import config
+    from gridhive.gateway.mosquitto import node_password
 
+    secret = os.urandom(32)
     raw = {
         "node_id": node_id,
-        "secret_hex": os.urandom(32).hex(),
+        "secret_hex": secret.hex(),
         "wifi": {"ssid": wifi_ssid, "password": wifi_password},
-        "mqtt": {"host": mqtt_host},
+        "mqtt": {"host": mqtt_host, "user": node_id, "password": node_password(secret)},
         "channels": [{"name": "main", "pin": 36, "kind": "ct", "rating_a": 30}],
     }
     try:

@@ -17,6 +17,7 @@ from rich.markup import escape
 from ghnode import app
 from ghnode.hal_sim import Waveform
 from ghnode.hal_sim import SimBoard
+from gridhive.gateway.mosquitto import node_password
 
 LOADS = ("mixed", "ev", "heatpump", "fridge", "pv")
 VOLTAGE_PIN, MAINS_PIN, EV_PIN, EV_RELAY_PIN = 39, 36, 34, 25
@@ -27,12 +28,15 @@ MAINS_V = 230.0
 
 
 def node_config(node_id: str, secret_hex: str, host: str, port: int, period_s: int = 10) -> dict:
-    """The config a provisioned virtual home runs with (same schema as a real node's /config.json)."""
+    """The config a provisioned virtual home runs with (same schema as a real node's /config.json),
+    with the MQTT login `gridhive flash provision` gives a real node: it can join a gateway's
+    broker set up by `mosquitto-config` once its secret is registered there."""
     return {
         "node_id": node_id,
         "secret_hex": secret_hex,
         "wifi": {"ssid": "virtual", "password": ""},
-        "mqtt": {"host": host, "port": port, "keepalive_s": 15},
+        "mqtt": {"host": host, "port": port, "keepalive_s": 15, "user": node_id,
+                 "password": node_password(bytes.fromhex(secret_hex))},
         "channels": [
             {"name": "mains_v", "pin": VOLTAGE_PIN, "kind": "voltage"},
             {"name": GRID_CHANNEL, "pin": MAINS_PIN, "rating_a": MAINS_RATING_A},

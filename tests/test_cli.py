@@ -4,11 +4,11 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from ghnode import config as node_config
+from gridhive.gateway.mosquitto import node_password
 
 GRIDHIVE = [sys.executable, "-m", "gridhive.cli"]
 
@@ -59,6 +59,8 @@ def test_provision_writes_a_valid_config_with_a_fresh_secret(tmp_path):
     a, b = (node_config.load_config(str(p)) for p in paths)
     assert a["node_id"] == "house-12-ev" and a["mqtt"]["host"] == "192.0.2.10"
     assert a["secret_hex"] != b["secret_hex"]
+    # The login mosquitto-config gives this node once its secret is registered with the gateway.
+    assert a["mqtt"]["user"] == "house-12-ev" and a["mqtt"]["password"] == node_password(bytes.fromhex(a["secret_hex"]))
     assert (paths[0].stat().st_mode & 0o077) == 0, "the secret must not be world-readable"
     out = gridhive("flash", "provision", "--node-id", "Bad Id", "--wifi-ssid", "x", "--wifi-password", "",
                    "--mqtt-host", "h", "--out", str(tmp_path / "c.json"))

@@ -1,4 +1,5 @@
 """`mosquitto-config` output run by a real Mosquitto: passwords work, nodes stay in their own topics."""
+import json
 import time
 
 import pytest
@@ -38,6 +39,33 @@ def test_passwords_are_checked(broker):
     assert Client(broker.port, "node-a", "wrong").connect_rc != 0
     assert Client(broker.port).connect_rc != 0  # anonymous
     assert Client(broker.port, "gateway", "gw-pass").connect_rc == 0
+
+
+def test_the_firmware_logs_in_with_the_login_provisioning_gave_it(tmp_path):
+    """A node's config (as `flash provision` and virtual homes write it) holds the login
+    mosquitto-config derives from its secret: the real firmware joins the gateway's broker."""
+    from gridhive.hardware.virtual_node import VirtualNode
+
+    port, root = free_port(), tmp_path / "node-a"
+    root.mkdir()
+    (root / "config.json").write_text(json.dumps({"secret_hex": secret("node-a").hex()}))  # kept by provisioning
+    path = write_config(tmp_path / "gateway.toml", broker_port=port, broker_password="gw-pass", nodes=("node-a",))
+    args = ["mosquitto-config", "--config", str(path), "--out", str(tmp_path / "mq"), "--run-as", "root"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    broker = ConfiguredBroker(tmp_path / "mq" / "mosquitto.conf", port)
+    broker.start()
+    gw = Client(port, "gateway", "gw-pass", client_id="gw")
+    gw.subscribe("gh/#")
+    vnode = VirtualNode(root, "node-a", "127.0.0.1", port, "fridge", seed=0, period_s=1)
+    try:
+        assert vnode.config["mqtt"]["user"] == "node-a"
+        vnode.start()
+        wait(lambda: gw.messages("gh/node-a/tele"), 20, "a reading from the node")
+        assert vnode.firmware.link.up
+    finally:
+        vnode.stop()
+        gw.close()
+        broker.stop()
 
 
 def test_a_node_reaches_only_its_own_topics(broker):
