@@ -14,7 +14,7 @@ from typing import Callable
 
 from ghnode import wire
 
-from .config import Registry
+from .config import MAX_RELAYS, Registry
 from .ingest import NodeTrack
 from .metrics import GatewayMetrics
 from .storage import Storage
@@ -97,8 +97,8 @@ class RelayCommands:
             raise BadCommand(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
         if entry.relays and relay not in entry.relays:
             raise BadCommand(f"node {node} has relays {sorted(entry.relays)}, not {relay}")
-        if not 0 <= relay < 8:
-            raise BadCommand(f"relay must be 0-7, got {relay}")
+        if not 0 <= relay < MAX_RELAYS:
+            raise BadCommand(f"relay must be 0-{MAX_RELAYS - 1}, got {relay}")
         track = self.tracks.get(node)
         if track is None or track.boot is None:
             raise NodeNotReady(f"node {node} has not reported since it was registered, so its boot id "

@@ -63,7 +63,8 @@ def build_app(gateway: "Gateway") -> Starlette:
     async def switch(request: Request):
         node, n = request.path_params["node"], request.path_params["n"]
         if not re.fullmatch(r"[0-9]{1,3}", n):
-            return reject(request, "bad_relay", 422, f"relay must be a whole number 0-7, got {n[:20]!r}")
+            # The range is the command's to check (BadCommand below); this is only the number's form.
+            return reject(request, "bad_relay", 422, f"relay must be a whole number, got {n[:20]!r}")
         body = b""
         async for chunk in request.stream():  # read no more than the limit allows
             body += chunk
