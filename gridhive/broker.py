@@ -67,7 +67,7 @@ class MosquittoBroker:
 
     kind = "mosquitto"
 
-    def __init__(self, workdir: Path, port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, persistent: bool = False):
         self.exe = mosquitto_path()
         if not self.exe:
             raise RuntimeError("mosquitto is not installed: `apt-get install mosquitto` (or run `make test`)")
@@ -75,8 +75,10 @@ class MosquittoBroker:
         self.port = port or free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / f"mosquitto-{self.port}.conf"
+        # persistent: sessions and their queued messages survive a restart, as on a gateway's broker.
+        persistence = f"persistence true\npersistence_location {workdir}/\n" if persistent else "persistence false\n"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}"
             "log_dest stderr\nlog_type error\nlog_type warning\n"
         )
         self.log = workdir / f"mosquitto-{self.port}.log"

@@ -5,6 +5,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from ghnode import wire
+from gridhive.broker import MosquittoBroker
 from gridhive.hardware.receiver import NodeReceiver
 from gridhive.hardware.virtual_node import VirtualNode
 
@@ -18,6 +19,17 @@ def wait_until(predicate, timeout_s, what):
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    """A broker that keeps sessions across a restart, as the gateway's does (mosquitto-config):
+    without that, whichever of node and receiver reconnects first decides whether the receiver
+    misses the node's first resends (and then sees them late, out of order)."""
+    broker = MosquittoBroker(tmp_path / "broker", persistent=True)
+    broker.start()
+    yield broker
+    broker.stop()
 
 
 @pytest.fixture
